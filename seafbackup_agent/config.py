@@ -1,0 +1,115 @@
+"""seafile.conf -> typed settings. The only place that reads seafile.conf."""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seafbackup_agent.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """Seafile's `[database]` section (MySQL/MariaDB)."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    db_name: str
+    unix_socket: str | None = None
+    charset: str = "utf8mb4"
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSettings:
+    """The `[backup]` section: `backup_url` on the primary, `primary_url` on the backup."""
+
+    primary_url: str | None
+    backup_url: str | None
+    sync_token: str = field(repr=False)
+    sync_poll_interval_hours: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SeafileConf:
+    path: Path
+    database: DatabaseSettings
+    backup: BackupSettings | None
+
+
+def _read(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} does not exist", hint="pass the directory that holds seafile.conf") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"{path} is not readable by this user", hint="run as the Seafile user or root") from exc
+    except configparser.Error as exc:
+        raise ConfigError(f"{path} is not a valid ini file: {exc}") from exc
+    return parser
+
+
+def _database(path: Path, parser: configparser.ConfigParser) -> DatabaseSettings:
+    if not parser.has_section("database"):
+        raise ConfigError(f"{path} has no [database] section", hint="seafbackup needs Seafile on MySQL/MariaDB")
+    section = parser["database"]
+    kind = section.get("type", "").strip().lower()
+    if kind != "mysql":
+        raise ConfigError(
+            f"{path}: [database] type is {kind or 'missing'!r}", hint="seafbackup supports type = mysql only"
+        )
+    missing = [key for key in ("host", "user", "password", "db_name") if not section.get(key)]
+    if missing and not (section.get("unix_socket") and missing == ["host"]):
+        raise ConfigError(f"{path}: [database] lacks {', '.join(missing)}")
+    try:
+        port = int(section.get("port", "3306"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [database] port is not a number") from exc
+    return DatabaseSettings(
+        host=section.get("host", "localhost"),
+        port=port,
+        user=section["user"],
+        password=section["password"],
+        db_name=section["db_name"],
+        unix_socket=section.get("unix_socket") or None,
+        charset=section.get("connection_charset", "utf8mb4") or "utf8mb4",
+    )
+
+
+def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | None:
+    if not parser.has_section("backup"):
+        return None
+    section = parser["backup"]
+    primary_url = section.get("primary_url", "").strip() or None
+    backup_url = section.get("backup_url", "").strip() or None
+    if primary_url and backup_url:
+        raise ConfigError(
+            f"{path}: [backup] sets both primary_url and backup_url",
+            hint="the primary sets backup_url, the backup sets primary_url",
+        )
+    if not primary_url and not backup_url:
+        raise ConfigError(f"{path}: [backup] sets neither primary_url nor backup_url")
+    token = section.get("sync_token", "").strip()
+    if len(token) < 32:
+        raise ConfigError(
+            f"{path}: [backup] sync_token is missing or shorter than 32 characters",
+            hint="use the same 40-hex secret on both hosts (setup_backup.yml generates one)",
+        )
+    try:
+        interval = float(section.get("sync_poll_interval", "1"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [backup] sync_poll_interval is not a number of hours") from exc
+    if interval <= 0:
+        raise ConfigError(f"{path}: [backup] sync_poll_interval must be positive (hours)")
+    return BackupSettings(primary_url, backup_url, token, interval)
+
+
+def load_seafile_conf(conf_dir: str | Path) -> SeafileConf:
+    path = Path(conf_dir) / "seafile.conf"
+    parser = _read(path)
+    return SeafileConf(path=path, database=_database(path, parser), backup=_backup(path, parser))

@@ -1,0 +1,1 @@
+"""Seafile's formats and nothing else: ids, objects, storage backends, library rows."""

@@ -1,0 +1,141 @@
+"""`seafbackup-lab`: bring the lab up and down, control its services, write Seafile data on its hosts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from seafbackup_lab.lab import Lab, default_lab_dir
+from seafbackup_lab.mariadb import LabError
+from seafbackup_lab.writer import Put, SeafileServer
+
+
+def _server(lab: Lab, host: str) -> SeafileServer:
+    h = lab.hosts[host]
+    return SeafileServer(h.seafile_conf_dir, h.seafile_data_dir)
+
+
+def _cmd_up(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    lab.up()
+    return _cmd_status(lab, args, console)
+
+
+def _cmd_down(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    lab.down()
+    console.print("lab stopped")
+    return 0
+
+
+def _cmd_reset(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    lab.reset()
+    return _cmd_status(lab, args, console)
+
+
+def _cmd_status(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    status = lab.status()
+    if getattr(args, "json", False):
+        print(json.dumps(status, indent=2))
+        return 0
+    table = Table(title=f"seafbackup lab in {lab.dir}")
+    for column in ("host", "address", "MariaDB", "seafile.conf"):
+        table.add_column(column)
+    for name, info in status.items():
+        pid = info["mariadb_pid"]
+        table.add_row(name, str(info["address"]), f"running (pid {pid})" if pid else "stopped",
+                      str(info["seafile_conf"]))
+    console.print(table)
+    return 0
+
+
+def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    server = lab.hosts[args.host].mariadb
+    if args.action == "status":
+        running = server.is_running()
+        console.print(f"{args.host} mysql: {'running' if running else 'stopped'}")
+        return 0 if running else 3
+    if args.action in ("stop", "restart"):
+        server.stop()
+    if args.action in ("start", "restart"):
+        server.start()
+    return 0
+
+
+def _cmd_seafile(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    with _server(lab, args.host) as server:
+        if args.seafile_cmd == "create":
+            repo_id = server.create_library(args.name, args.owner, password=args.password)
+            print(repo_id)
+        elif args.seafile_cmd == "put":
+            files = {}
+            for spec in args.files:
+                target, _, source = spec.partition("=")
+                files[target] = Path(source).read_bytes() if source else b""
+            print(server.commit(args.library, [Put(p, d) for p, d in files.items()], modifier=args.modifier))
+        elif args.seafile_cmd == "list":
+            table = Table(title=f"libraries on {args.host}")
+            for column in ("library id", "head", "files"):
+                table.add_column(column)
+            for repo_id in server.library_ids():
+                files = sum(1 for _ in server.walk_files(repo_id))
+                table.add_row(repo_id, server.head(repo_id)[:12], str(files))
+            console.print(table)
+        elif args.seafile_cmd == "delete":
+            server.delete_library(args.library)
+        elif args.seafile_cmd == "history-limit":
+            server.set_history_limit(args.library, args.days)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seafbackup-lab", description=__doc__)
+    parser.add_argument("--lab-dir", type=Path, default=None, help="lab state directory (default: .lab/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func in (("up", _cmd_up), ("down", _cmd_down), ("reset", _cmd_reset), ("status", _cmd_status)):
+        p = sub.add_parser(name)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    service = sub.add_parser("service", help="control a lab host's service as systemctl would")
+    service.add_argument("host", choices=("primary", "backup"))
+    service.add_argument("service", choices=("mysql",))
+    service.add_argument("action", choices=("start", "stop", "restart", "status"))
+    service.set_defaults(func=_cmd_service)
+
+    seafile = sub.add_parser("seafile", help="act like a Seafile server on a lab host")
+    seafile.add_argument("--host", choices=("primary", "backup"), default="primary")
+    ssub = seafile.add_subparsers(dest="seafile_cmd", required=True)
+    create = ssub.add_parser("create", help="create a library; prints its id")
+    create.add_argument("name")
+    create.add_argument("--owner", default="alice@example.com")
+    create.add_argument("--password", help="make it an encrypted library (parameters only)")
+    put = ssub.add_parser("put", help="commit files: PATH=LOCAL_FILE (or PATH= for an empty file)")
+    put.add_argument("library")
+    put.add_argument("files", nargs="+")
+    put.add_argument("--modifier", default="alice@example.com")
+    ssub.add_parser("list", help="list libraries")
+    delete = ssub.add_parser("delete")
+    delete.add_argument("library")
+    limit = ssub.add_parser("history-limit")
+    limit.add_argument("library")
+    limit.add_argument("days", type=int)
+    seafile.set_defaults(func=_cmd_seafile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    lab = Lab(args.lab_dir or default_lab_dir())
+    try:
+        return args.func(lab, args, console)
+    except LabError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

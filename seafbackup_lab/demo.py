@@ -1,0 +1,63 @@
+"""`make demo`: a fresh lab, libraries with history on the primary, and what is where."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from seafbackup_lab.lab import Lab, default_lab_dir
+from seafbackup_lab.writer import Delete, Put, Rename, SeafileServer
+
+
+def populate(server: SeafileServer) -> list[str]:
+    notes = server.create_library("Notes", "alice@example.com", desc="alice's notes")
+    server.put_files(notes, {"hello.txt": b"hello, seafile\n", "todo/today.md": b"- back up everything\n"})
+    server.commit(notes, [Put("todo/today.md", b"- back up everything\n- done\n")])
+    server.commit(notes, [Rename("hello.txt", "greeting.txt")])
+
+    photos = server.create_library("Photos", "bob@example.com")
+    server.put_files(photos, {f"2026/img_{i:03d}.jpg": bytes([i]) * (300_000 + i) for i in range(8)},
+                     modifier="bob@example.com")
+    server.commit(photos, [Delete("2026/img_000.jpg")], modifier="bob@example.com")
+    team = server.create_virtual_repo(photos, "2026", "Photos 2026 (shared)", "carol@example.com")
+
+    vault = server.create_library("Vault", "alice@example.com", password="correct horse")
+    server.put_files(vault, {"secrets.bin": b"\x8f" * 4096})
+    return [notes, photos, team, vault]
+
+
+def main() -> int:
+    console = Console()
+    lab = Lab(default_lab_dir())
+    console.print("[bold]1. A fresh lab: two MariaDB servers and two Seafile hosts[/bold]")
+    lab.reset()
+    host = lab.primary
+    console.print("[bold]2. Libraries with history on the primary[/bold]")
+    with SeafileServer(host.seafile_conf_dir, host.seafile_data_dir) as server:
+        populate(server)
+        table = Table(title=f"libraries on primary ({host.address})")
+        for column in ("library", "id", "commits", "files", "store"):
+            table.add_column(column)
+        for repo_id in server.library_ids():
+            head = server.read_commit(repo_id, server.head(repo_id))
+            commits, cid = 0, head.commit_id
+            while cid:
+                commits += 1
+                cid = server.read_commit(repo_id, cid).parent_id
+            store = server.store_id(repo_id)
+            table.add_row(head.repo_name, repo_id, str(commits), str(sum(1 for _ in server.walk_files(repo_id))),
+                          "own" if store == repo_id else f"origin {store[:8]}")
+        console.print(table)
+    where = Table(title="what is where")
+    where.add_column("host")
+    where.add_column("MariaDB")
+    where.add_column("seafile.conf / seafile-data")
+    for name, h in lab.hosts.items():
+        where.add_row(name, f"{h.address}:3306", f"{h.seafile_conf_dir}/seafile.conf\n{h.seafile_data_dir}")
+    console.print(where)
+    console.print("Ansible inventory: inventory/lab/hosts.yml  ·  stop the lab: make lab-down")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

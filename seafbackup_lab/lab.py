@@ -1,0 +1,212 @@
+"""Two Seafile "hosts" on one machine: a MariaDB server each, Seafile's databases, conf and data dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from seafbackup_agent.config import DatabaseSettings, load_seafile_conf
+from seafbackup_lab.mariadb import MariaDBPaths, MariaDBServer
+
+DATABASES = ("ccnet_db", "seafile_db", "seahub_db")
+SEAFILE_DB_USER = "seafile"
+DEFAULT_ADDRESSES = {"primary": "127.0.0.11", "backup": "127.0.0.12"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_lab_dir() -> Path:
+    return Path(os.environ.get("SEAFBACKUP_LAB_DIR", REPO_ROOT / ".lab"))
+
+
+@dataclass(frozen=True, slots=True)
+class LabHost:
+    """One lab host: `root` stands in for its filesystem."""
+
+    name: str
+    address: str
+    root: Path
+
+    @property
+    def mariadb(self) -> MariaDBServer:
+        return MariaDBServer(MariaDBPaths(self.root), self.address)
+
+    @property
+    def seafile_conf_dir(self) -> Path:
+        return self.root / "opt/seafile/conf"
+
+    @property
+    def seafile_data_dir(self) -> Path:
+        return self.root / "opt/seafile/seafile-data"
+
+    def database(self) -> DatabaseSettings:
+        return load_seafile_conf(self.seafile_conf_dir).database
+
+
+class Lab:
+    def __init__(self, lab_dir: Path, addresses: dict[str, str] | None = None) -> None:
+        self.dir = Path(lab_dir)
+        self._state_file = self.dir / "lab.json"
+        state = self._load_state()
+        self.addresses = dict(state.get("addresses") or addresses or DEFAULT_ADDRESSES)
+        self.db_password: str = state.get("db_password") or secrets.token_hex(16)
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _save_state(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._state_file.write_text(json.dumps({"addresses": self.addresses, "db_password": self.db_password}))
+        self._state_file.chmod(0o600)
+
+    @property
+    def hosts(self) -> dict[str, LabHost]:
+        return {name: LabHost(name, address, self.dir / name) for name, address in self.addresses.items()}
+
+    @property
+    def primary(self) -> LabHost:
+        return self.hosts["primary"]
+
+    @property
+    def backup(self) -> LabHost:
+        return self.hosts["backup"]
+
+    def up(self) -> None:
+        """Create what is missing and start both servers. Safe to run twice."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # MariaDB drops to the mysql user: every directory above its datadir must be traversable.
+        self.dir.chmod(0o755)
+        self._save_state()
+        for host in self.hosts.values():
+            host.root.mkdir(exist_ok=True)
+            host.root.chmod(0o755)
+            server = host.mariadb
+            server.initialize()
+            server.start()
+            self._provision_databases(host)
+            self._write_seafile_conf(host)
+        self.write_inventory(self.dir / "inventory.yml")
+
+    def down(self) -> None:
+        for host in self.hosts.values():
+            host.mariadb.stop()
+
+    def reset(self) -> None:
+        """Stop everything and delete the lab's state, then bring up a fresh lab."""
+        self.down()
+        addresses = self.addresses
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.__init__(self.dir, addresses)  # type: ignore[misc]
+        self.up()
+
+    def status(self) -> dict[str, dict[str, object]]:
+        report: dict[str, dict[str, object]] = {}
+        for name, host in self.hosts.items():
+            server = host.mariadb
+            report[name] = {
+                "address": host.address,
+                "mariadb_pid": server.pid(),
+                "root": str(host.root),
+                "seafile_conf": str(host.seafile_conf_dir / "seafile.conf"),
+            }
+        return report
+
+    def _provision_databases(self, host: LabHost) -> None:
+        conn = host.mariadb.root_connection()
+        try:
+            with conn.cursor() as cur:
+                for db in DATABASES:
+                    cur.execute(f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4")
+                    cur.execute(f"USE `{db}`")
+                    for statement in _schema_statements(db):
+                        cur.execute(statement)
+                cur.execute(
+                    "CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (SEAFILE_DB_USER, self.db_password)
+                )
+                for db in DATABASES:
+                    cur.execute(f"GRANT ALL PRIVILEGES ON `{db}`.* TO %s@'%%'", (SEAFILE_DB_USER,))
+        finally:
+            conn.close()
+
+    def _write_seafile_conf(self, host: LabHost) -> None:
+        conf = host.seafile_conf_dir
+        conf.mkdir(parents=True, exist_ok=True)
+        host.seafile_data_dir.mkdir(parents=True, exist_ok=True)
+        seafile_conf = conf / "seafile.conf"
+        if not seafile_conf.exists():
+            _write_private(
+                seafile_conf,
+                "[fileserver]\nport = 8082\n\n"
+                "[database]\ntype = mysql\n"
+                f"host = {host.address}\nport = 3306\nuser = {SEAFILE_DB_USER}\npassword = {self.db_password}\n"
+                "db_name = seafile_db\nconnection_charset = utf8mb4\n",
+            )
+        ccnet_conf = conf / "ccnet.conf"
+        if not ccnet_conf.exists():
+            _write_private(
+                ccnet_conf,
+                f"[General]\nSERVICE_URL = http://{host.address}\n\n"
+                f"[Database]\nENGINE = mysql\nHOST = {host.address}\nPORT = 3306\nUSER = {SEAFILE_DB_USER}\n"
+                f"PASSWD = {self.db_password}\nDB = ccnet_db\nCONNECTION_CHARSET = utf8mb4\n",
+            )
+        seahub_settings = conf / "seahub_settings.py"
+        if not seahub_settings.exists():
+            _write_private(
+                seahub_settings,
+                "DATABASES = {\n    'default': {\n        'ENGINE': 'django.db.backends.mysql',\n"
+                f"        'NAME': 'seahub_db', 'USER': '{SEAFILE_DB_USER}', 'PASSWORD': '{self.db_password}',\n"
+                f"        'HOST': '{host.address}', 'PORT': '3306',\n    }}\n}}\n",
+            )
+
+    def write_inventory(self, path: Path) -> None:
+        path.write_text(render_inventory(self))
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _schema_statements(db: str) -> list[str]:
+    text = resources.files("seafbackup_lab").joinpath(f"schema/{db}.sql").read_text()
+    lines = [line for line in text.splitlines() if not line.startswith("--")]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+
+
+def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None) -> str:
+    """The Ansible inventory for a lab. `lab_dir_expr` lets the committed inventory stay relative."""
+    lab_dir = lab_dir_expr or str(lab.dir)
+    lines = [
+        "# The lab's two hosts. Generated by seafbackup_lab.lab.render_inventory; the tests check it matches.",
+        "all:",
+        "  vars:",
+        "    ansible_connection: local",
+        '    ansible_python_interpreter: "{{ ansible_playbook_python }}"',
+        f'    seafbackup_lab_dir: "{lab_dir}"',
+        '    seafbackup_lab_cmd: "{{ ansible_playbook_python | dirname }}/seafbackup-lab --lab-dir '
+        '{{ seafbackup_lab_dir }}"',
+        "  children:",
+    ]
+    for group, name in (("seafile_primary", "primary"), ("seafile_backup", "backup")):
+        host = lab.hosts[name]
+        lines += [
+            f"    {group}:",
+            "      hosts:",
+            f"        {name}:",
+            f"          seafbackup_host_root: \"{{{{ seafbackup_lab_dir }}}}/{name}\"",
+            f"          seafbackup_mysql_host: {host.address}",
+            '          seafbackup_mysql_socket: "{{ seafbackup_host_root }}/run/mysqld/mysqld.sock"',
+            '          seafbackup_mysql_conf_d: "{{ seafbackup_host_root }}/etc/mysql/conf.d"',
+            '          seafbackup_seafile_conf_dir: "{{ seafbackup_host_root }}/opt/seafile/conf"',
+            '          seafbackup_seafile_data_dir: "{{ seafbackup_host_root }}/opt/seafile/seafile-data"',
+            f'          seafbackup_mysql_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} mysql"',
+        ]
+    return "\n".join(lines) + "\n"

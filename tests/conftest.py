@@ -1,0 +1,72 @@
+"""Shared fixtures: a lab of two real MariaDB servers on 127.0.0.21/22, apart from any demo lab."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from seafbackup_lab.lab import DATABASES, Lab
+from seafbackup_lab.writer import SeafileServer
+
+TEST_ADDRESSES = {"primary": "127.0.0.21", "backup": "127.0.0.22"}
+
+
+def make_lab_dir(prefix: str) -> Path:
+    # Not under pytest's 0700 tmp dirs: MariaDB runs as the mysql user and must reach its datadir.
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("SEAFBACKUP_TEST_TMP", "/tmp")))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_lab() -> Iterator[Lab]:
+    lab_dir = make_lab_dir("seafbackup-test-lab-")
+    lab = Lab(lab_dir, TEST_ADDRESSES)
+    lab.up()
+    yield lab
+    lab.down()
+    shutil.rmtree(lab_dir, ignore_errors=True)
+
+
+def wipe_host(lab: Lab, name: str) -> None:
+    """Empty a lab host's Seafile data and tables (fast, keeps the servers running)."""
+    host = lab.hosts[name]
+    conn = host.mariadb.root_connection()
+    try:
+        with conn.cursor() as cur:
+            for db in DATABASES:
+                cur.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema=%s", (db,)
+                )
+                for (table,) in cur.fetchall():
+                    cur.execute(f"TRUNCATE TABLE `{db}`.`{table}`")
+    finally:
+        conn.close()
+    shutil.rmtree(host.seafile_data_dir, ignore_errors=True)
+    host.seafile_data_dir.mkdir(parents=True)
+
+
+@pytest.fixture
+def lab(session_lab: Lab) -> Lab:
+    for name in session_lab.hosts:
+        wipe_host(session_lab, name)
+    return session_lab
+
+
+@pytest.fixture
+def primary(lab: Lab) -> Iterator[SeafileServer]:
+    host = lab.primary
+    with SeafileServer(host.seafile_conf_dir, host.seafile_data_dir, block_size=64 * 1024) as server:
+        yield server
+
+
+@pytest.fixture
+def backup(lab: Lab) -> Iterator[SeafileServer]:
+    host = lab.backup
+    with SeafileServer(host.seafile_conf_dir, host.seafile_data_dir, block_size=64 * 1024) as server:
+        yield server

@@ -1,0 +1,74 @@
+import os
+
+import pytest
+
+from seafbackup_agent.config import load_seafile_conf
+from seafbackup_agent.errors import ConfigError, InvalidIdError
+from seafbackup_agent.seafile.ids import is_object_file_name, object_id, repo_id
+from seafbackup_agent.seafile.storage import FilesystemStore, ObjType
+
+REPO = "96e09ca5-5454-4dfa-9d9e-461eb3e38930"
+
+
+def test_ids_are_validated_strictly():
+    assert repo_id(REPO) == REPO
+    assert object_id("a" * 40) == "a" * 40
+    for bad in ("A" * 40, "a" * 39, "../" + "a" * 37, None, 5):
+        with pytest.raises(InvalidIdError, match="40 lowercase hex"):
+            object_id(bad)
+    for bad in (REPO.upper(), REPO[:-1], REPO.replace("-", "")):
+        with pytest.raises(InvalidIdError, match="lowercase UUID"):
+            repo_id(bad)
+    assert is_object_file_name("b" * 38) and not is_object_file_name(".tmp" + "b" * 34)
+
+
+def _conf(tmp_path, text):
+    (tmp_path / "seafile.conf").write_text(text)
+    return tmp_path
+
+
+DB = "[database]\ntype = mysql\nhost = 127.0.0.1\nport = 3307\nuser = u\npassword = secret\ndb_name = seafile_db\n"
+
+
+def test_config_reads_database_and_backup_sections(tmp_path):
+    conf = load_seafile_conf(_conf(tmp_path, DB + "[backup]\nprimary_url = http://p:8090\nsync_token = " + "a" * 40
+                                   + "\nsync_poll_interval = 0.5\n"))
+    assert conf.database.port == 3307 and conf.database.db_name == "seafile_db"
+    assert conf.backup is not None and conf.backup.primary_url == "http://p:8090"
+    assert conf.backup.sync_poll_interval_hours == 0.5
+    assert "secret" not in repr(conf) and "a" * 40 not in repr(conf)
+
+
+@pytest.mark.parametrize(
+    ("backup", "message"),
+    [
+        ("primary_url = http://a\nbackup_url = http://b\nsync_token = " + "a" * 40, "both"),
+        ("sync_token = " + "a" * 40, "neither"),
+        ("primary_url = http://a\nsync_token = short", "sync_token"),
+        ("primary_url = http://a\nsync_token = " + "a" * 40 + "\nsync_poll_interval = soon", "hours"),
+    ],
+)
+def test_config_errors_say_what_to_fix(tmp_path, backup, message):
+    with pytest.raises(ConfigError, match=message):
+        load_seafile_conf(_conf(tmp_path, DB + "[backup]\n" + backup + "\n"))
+
+
+def test_config_requires_mysql(tmp_path):
+    with pytest.raises(ConfigError, match="type = mysql"):
+        load_seafile_conf(_conf(tmp_path, "[database]\ntype = sqlite\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_seafile_conf(tmp_path / "nowhere")
+
+
+def test_store_writes_atomically_and_lists_only_object_names(tmp_path):
+    store = FilesystemStore(tmp_path)
+    oid = "ab" + "c" * 38
+    store.write(ObjType.BLOCKS, REPO, oid, b"data")
+    path = tmp_path / "storage/blocks" / REPO / "ab" / ("c" * 38)
+    assert path.read_bytes() == b"data" and store.read(ObjType.BLOCKS, REPO, oid) == b"data"
+    # A leftover temporary file from an interrupted write is not an object.
+    (path.parent / f".{'d' * 38}.1234.tmp").write_bytes(b"partial")
+    (path.parent / "junk").write_bytes(b"x")
+    assert list(store.iter_ids(ObjType.BLOCKS, REPO)) == [oid]
+    assert os.listdir(path.parent).count("c" * 38) == 1
+    assert store.read(ObjType.BLOCKS, REPO, "ab" + "d" * 38) is None

@@ -1,0 +1,133 @@
+"""Seafile objects: encoded byte for byte as the real server writes them (seafile-format.md §13)."""
+
+import hashlib
+import json
+import struct
+import zlib
+
+import pytest
+
+from seafbackup_agent.seafile.ids import EMPTY_ID
+from seafbackup_agent.seafile.objects import (
+    Dirent,
+    FormatError,
+    SeafDir,
+    SeafFile,
+    compute_commit_id,
+    encode_commit,
+    encode_dir,
+    encode_file,
+    jansson_dumps,
+    parse_commit,
+    parse_fs_object,
+    verify_block,
+)
+
+SERVER_COMMIT = (
+    '{"commit_id": "eefcf102112ad94e21f85c007cfd761e2de85c37", "root_id": "9af83b16d985083c773e4d1f5a71a4346db7777b", '
+    '"repo_id": "96e09ca5-5454-4dfa-9d9e-461eb3e38930", "creator_name": "alice@example.com", '
+    '"creator": "0000000000000000000000000000000000000000", "description": "Added \\"http-upload.txt\\".", '
+    '"ctime": 1795586539, "parent_id": "88d1c304ba68bcd1360214faae68ecaf64d1a80e", "second_parent_id": null, '
+    '"repo_name": "reflib", "repo_desc": "reference library", "repo_category": null, "no_local_history": 1, '
+    '"version": 1}'
+)
+SERVER_DIR = (
+    '{"dirents": [{"id": "b8b4a1b02750eaa4ef55dfed72c682a03683a52a", "mode": 33188, "modifier": "alice@example.com", '
+    '"mtime": 1795586501, "name": "notes-renamed.md", "size": 280}, {"id": "e5cf415f0adaa3f80fbf86022c2e1177dbf2c24d", '
+    '"mode": 33188, "modifier": "alice@example.com", "mtime": 1795586501, "name": "hello.txt", "size": 25}, '
+    '{"id": "1c39564f1fac0f72a97e05e0b85db839673cc8a5", "mode": 16384, "mtime": 1795586539, "name": "docs"}], '
+    '"type": 3, "version": 1}'
+)
+
+
+def test_commit_encoding_is_byte_identical_to_the_server_sample():
+    fields = json.loads(SERVER_COMMIT)
+    assert encode_commit(fields).decode() == SERVER_COMMIT
+
+
+def test_commit_id_is_computed_as_the_server_does():
+    f = json.loads(SERVER_COMMIT)
+    assert compute_commit_id(
+        root_id=f["root_id"], creator=f["creator"], creator_name=f["creator_name"],
+        description=f["description"], ctime=f["ctime"],
+    ) == f["commit_id"]
+
+
+def test_dir_encoding_sorts_dirents_descending_and_matches_the_servers_root_id():
+    entries = [
+        Dirent(e["name"], e["id"], e["mode"], e["mtime"], e.get("modifier"), e.get("size"))
+        for e in json.loads(SERVER_DIR)["dirents"]
+    ]
+    dir_id, stored = encode_dir(reversed(entries))
+    assert zlib.decompress(stored).decode() == SERVER_DIR
+    # The sample commit's root is this very directory.
+    assert dir_id == json.loads(SERVER_COMMIT)["root_id"]
+
+
+def test_file_encoding_matches_the_servers_file_id():
+    file_id, stored = encode_file(25, ["f2431bcafe06b700d41b65b06a81d45d673e0ff7"])
+    assert file_id == "e5cf415f0adaa3f80fbf86022c2e1177dbf2c24d"
+    assert json.loads(zlib.decompress(stored)) == {
+        "block_ids": ["f2431bcafe06b700d41b65b06a81d45d673e0ff7"], "size": 25, "type": 1, "version": 1,
+    }
+
+
+def test_empty_dir_and_empty_file_are_the_empty_id_and_never_stored():
+    assert encode_dir([]) == (EMPTY_ID, b"")
+    assert encode_file(0, []) == (EMPTY_ID, b"")
+
+
+def test_jansson_escapes_controls_in_upper_case_and_keeps_unicode_raw():
+    assert jansson_dumps({"n": "a\x1fb/é\n"}, sort_keys=True) == '{"n": "a\\u001Fb/é\\n"}'.encode()
+
+
+def test_parse_commit_reads_both_parents_and_rejects_a_foreign_repo():
+    fields = json.loads(SERVER_COMMIT)
+    fields["second_parent_id"] = "1" * 40
+    commit = parse_commit(encode_commit(fields))
+    assert commit.parents == ("88d1c304ba68bcd1360214faae68ecaf64d1a80e", "1" * 40)
+    with pytest.raises(FormatError, match="belongs to library"):
+        parse_commit(encode_commit(fields), expected_repo_id="00000000-0000-0000-0000-000000000000")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("root_id", "xyz"), ("repo_id", "not-a-uuid"), ("creator", "short"), ("ctime", "1"), ("parent_id", "ABC")],
+)
+def test_parse_commit_rejects_what_seafile_rejects(key, value):
+    fields = json.loads(SERVER_COMMIT)
+    fields[key] = value
+    with pytest.raises(FormatError):
+        parse_commit(encode_commit(fields))
+
+
+def test_fs_object_is_verified_against_the_sha1_of_its_decompressed_bytes():
+    dir_id, stored = encode_dir([Dirent("a", "2" * 40, 33188, 1, "x", 3)])
+    parsed = parse_fs_object(dir_id, stored)
+    assert isinstance(parsed, SeafDir) and parsed.dirents[0].name == "a"
+    # Other compressed bytes of the same JSON are the same object.
+    assert parse_fs_object(dir_id, zlib.compress(zlib.decompress(stored), 1)) == parsed
+    with pytest.raises(FormatError, match="does not match its id"):
+        parse_fs_object("3" * 40, stored)
+    with pytest.raises(FormatError, match="not a zlib stream"):
+        parse_fs_object(dir_id, b"garbage")
+
+
+def test_version_0_objects_are_readable():
+    blocks = [hashlib.sha1(b"x").digest(), hashlib.sha1(b"y").digest()]
+    file_body = struct.pack(">IQ", 1, 2) + b"".join(blocks)
+    file_id = hashlib.sha1(b"".join(blocks)).hexdigest()
+    parsed = parse_fs_object(file_id, file_body, version=0)
+    assert isinstance(parsed, SeafFile) and parsed.block_ids == tuple(b.hex() for b in blocks)
+
+    child, name, mode = file_id, b"f.txt", 33188
+    dir_body = struct.pack(">I", 3) + struct.pack(">I", mode) + child.encode() + struct.pack(">I", len(name)) + name
+    dir_id = hashlib.sha1(child.encode() + name + struct.pack("<I", mode)).hexdigest()
+    parsed_dir = parse_fs_object(dir_id, dir_body, version=0)
+    assert isinstance(parsed_dir, SeafDir) and parsed_dir.dirents[0].id == child
+
+
+def test_verify_block():
+    verify_block(hashlib.sha1(b"data").hexdigest(), b"data")
+    with pytest.raises(FormatError):
+        verify_block(hashlib.sha1(b"data").hexdigest(), b"tampered")
