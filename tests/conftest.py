@@ -13,7 +13,10 @@ import pytest
 from seafbackup_lab.lab import DATABASES, Lab
 from seafbackup_lab.writer import SeafileServer
 
-TEST_ADDRESSES = {"primary": "127.0.0.21", "backup": "127.0.0.22"}
+# Override with SEAFBACKUP_TEST_ADDR_PREFIX (e.g. "127.0.1.2") so two test runs can share a machine.
+ADDR_PREFIX = os.environ.get("SEAFBACKUP_TEST_ADDR_PREFIX", "127.0.0.2")
+TEST_ADDRESSES = {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"}
+LIFECYCLE_ADDRESSES = {"primary": f"{ADDR_PREFIX}3", "backup": f"{ADDR_PREFIX}4"}
 
 
 def make_lab_dir(prefix: str) -> Path:

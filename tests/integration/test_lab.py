@@ -9,7 +9,7 @@ from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.db import connect
 from seafbackup_lab.cli import main as lab_main
 from seafbackup_lab.lab import DEFAULT_ADDRESSES, REPO_ROOT, Lab, render_inventory
-from tests.conftest import make_lab_dir
+from tests.conftest import LIFECYCLE_ADDRESSES, make_lab_dir
 
 SEAFILE_TABLES = {
     "Repo", "Branch", "RepoHead", "RepoOwner", "RepoInfo", "RepoSize", "RepoFileCount", "VirtualRepo",
@@ -56,7 +56,7 @@ def test_the_two_hosts_are_separate_servers(lab):
 
 def test_lab_lifecycle_up_is_idempotent_down_stops_reset_empties():
     lab_dir = make_lab_dir("seafbackup-test-lifecycle-")
-    addresses = {"primary": "127.0.0.23", "backup": "127.0.0.24"}
+    addresses = LIFECYCLE_ADDRESSES
     args = ["--lab-dir", str(lab_dir)]
     try:
         lab = Lab(lab_dir, addresses)
