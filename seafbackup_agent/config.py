@@ -37,6 +37,8 @@ class SeafileConf:
     path: Path
     database: DatabaseSettings
     backup: BackupSettings | None
+    history_keep_days: int | None = None
+    """`[history] keep_days`: the global history limit when a library has no RepoHistoryLimit row."""
 
 
 def _read(path: Path) -> configparser.ConfigParser:
@@ -112,4 +114,14 @@ def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | N
 def load_seafile_conf(conf_dir: str | Path) -> SeafileConf:
     path = Path(conf_dir) / "seafile.conf"
     parser = _read(path)
-    return SeafileConf(path=path, database=_database(path, parser), backup=_backup(path, parser))
+    keep_days = parser.get("history", "keep_days", fallback="").strip()
+    try:
+        history_keep_days = int(keep_days) if keep_days else None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [history] keep_days is not a number of days") from exc
+    return SeafileConf(
+        path=path,
+        database=_database(path, parser),
+        backup=_backup(path, parser),
+        history_keep_days=history_keep_days,
+    )

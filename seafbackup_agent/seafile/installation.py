@@ -1,0 +1,32 @@
+"""One Seafile installation: its seafile.conf, its object storage and its database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from seafbackup_agent.config import SeafileConf, load_seafile_conf
+from seafbackup_agent.errors import ConfigError
+from seafbackup_agent.seafile.db import connect
+from seafbackup_agent.seafile.library import LibraryRows
+from seafbackup_agent.seafile.storage import FilesystemStore
+
+
+@dataclass
+class SeafileInstallation:
+    conf: SeafileConf
+    data_dir: Path
+    store: FilesystemStore
+    rows: LibraryRows
+
+    @classmethod
+    def open(cls, conf_dir: str | Path, data_dir: str | Path) -> SeafileInstallation:
+        conf = load_seafile_conf(conf_dir)
+        data = Path(data_dir)
+        if not data.is_dir():
+            raise ConfigError(f"seafile-data directory {data} does not exist", hint="pass --data-dir")
+        conn = connect(conf.database)
+        return cls(conf, data, FilesystemStore(data), LibraryRows(conn, keep_days=conf.history_keep_days))
+
+    def close(self) -> None:
+        self.rows.conn.close()

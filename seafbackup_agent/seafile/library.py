@@ -1,0 +1,165 @@
+"""Library rows in Seafile's database: what a library is (Repo/Branch/RepoHead), where its objects live
+(VirtualRepo), how much history it keeps (RepoHistoryLimit/RepoValidSince), and the GC marker (GCID)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pymysql
+
+from seafbackup_agent.errors import DatabaseError
+
+BRANCH = "master"
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryMeta:
+    """What the sync engine needs to know about a library on the source, besides its objects."""
+
+    repo_id: str
+    head: str
+    store_id: str
+    truncate_time: int | None
+    """Commits older than this (unix time) are below the history boundary; None keeps all history."""
+
+
+def truncate_time(days: int | None, valid_since: int | None, *, now: float | None = None) -> int | None:
+    """`seaf_repo_manager_get_repo_truncate_time()`: days -1/None = keep all, 0 = head only, N = N days."""
+    now = time.time() if now is None else now
+    since = valid_since if valid_since is not None and valid_since > 0 else None
+    if days is None or days < 0:
+        return since
+    if days == 0:
+        return int(now) + 1
+    cutoff = int(now - days * 86400)
+    return max(cutoff, since) if since is not None else cutoff
+
+
+def _fetch_one(conn: pymysql.connections.Connection, sql: str, args: tuple) -> tuple | None:
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()
+
+
+class LibraryRows:
+    """Reads (and, on the backup, writes) a Seafile database's library rows."""
+
+    def __init__(self, conn: pymysql.connections.Connection, *, keep_days: int | None = None) -> None:
+        self.conn = conn
+        self.keep_days = keep_days
+
+    def head(self, repo_id: str) -> str | None:
+        row = _fetch_one(
+            self.conn, "SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s", (repo_id, BRANCH)
+        )
+        return row[0] if row else None
+
+    def iter_heads(self, batch: int = 5000) -> Iterator[tuple[str, str]]:
+        """Every library with its head, in repo_id order, in batches (keyset pagination)."""
+        last = ""
+        while True:
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    "SELECT r.repo_id, b.commit_id FROM Repo r JOIN Branch b ON b.repo_id=r.repo_id AND b.name=%s "
+                    "WHERE r.repo_id > %s ORDER BY r.repo_id LIMIT %s",
+                    (BRANCH, last, batch),
+                )
+                rows = cur.fetchall()
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def meta(self, repo_id: str) -> LibraryMeta | None:
+        row = _fetch_one(
+            self.conn,
+            "SELECT b.commit_id, v.origin_repo FROM Repo r JOIN Branch b ON b.repo_id=r.repo_id AND b.name=%s "
+            "LEFT JOIN VirtualRepo v ON v.repo_id=r.repo_id WHERE r.repo_id=%s",
+            (BRANCH, repo_id),
+        )
+        if row is None:
+            return None
+        head, origin = row
+        store_id = origin or repo_id
+        # A virtual repo keeps its origin's history limit.
+        limit = _fetch_one(self.conn, "SELECT days FROM RepoHistoryLimit WHERE repo_id=%s", (store_id,))
+        since = _fetch_one(self.conn, "SELECT timestamp FROM RepoValidSince WHERE repo_id=%s", (repo_id,))
+        days = limit[0] if limit else self.keep_days
+        return LibraryMeta(repo_id, head, store_id, truncate_time(days, since[0] if since else None))
+
+    def gc_id(self, store_id: str, *, for_update: bool = False) -> str | None:
+        sql = "SELECT gc_id FROM GCID WHERE repo_id=%s" + (" FOR UPDATE" if for_update else "")
+        row = _fetch_one(self.conn, sql, (store_id,))
+        return row[0] if row else None
+
+
+class PublishConflict(DatabaseError):
+    """The target's Branch or GCID changed while objects were being copied."""
+
+
+def publish_head(
+    conn: pymysql.connections.Connection,
+    *,
+    repo_id: str,
+    store_id: str,
+    expected_head: str | None,
+    new_head: str,
+    expected_gc_id: str | None,
+) -> None:
+    """Move a library's head on the backup in one transaction, as Seafile's own head update does:
+    GCID compare, Branch compare-and-swap, then Repo/RepoHead/Branch. Written with sql_log_bin=0 so a
+    backup that is promoted later carries no errant transactions."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_log_bin=0")
+            conn.begin()
+            cur.execute("SELECT gc_id FROM GCID WHERE repo_id=%s FOR UPDATE", (store_id,))
+            row = cur.fetchone()
+            gc_id = row[0] if row else None
+            if gc_id != expected_gc_id:
+                conn.rollback()
+                raise PublishConflict(
+                    f"library {repo_id}: Seafile GC ran on the backup during the copy (GCID changed)",
+                    hint="the sync is redone with a full check of the copied objects",
+                )
+            cur.execute(
+                "SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s FOR UPDATE", (repo_id, BRANCH)
+            )
+            row = cur.fetchone()
+            current = row[0] if row else None
+            if current != expected_head:
+                conn.rollback()
+                raise PublishConflict(
+                    f"library {repo_id}: its head on the backup moved from {expected_head} to {current} during "
+                    "the copy",
+                    hint="another writer changed Branch on the backup; only the sync agent may",
+                )
+            cur.execute("INSERT IGNORE INTO Repo (repo_id) VALUES (%s)", (repo_id,))
+            cur.execute(
+                "INSERT IGNORE INTO RepoHead (repo_id, branch_name) VALUES (%s, %s)", (repo_id, BRANCH)
+            )
+            cur.execute(
+                "INSERT INTO Branch (name, repo_id, commit_id) VALUES (%s, %s, %s) "
+                "ON DUPLICATE KEY UPDATE commit_id=VALUES(commit_id)",
+                (BRANCH, repo_id, new_head),
+            )
+            conn.commit()
+    except pymysql.MySQLError as exc:
+        conn.rollback()
+        raise DatabaseError(f"library {repo_id}: publishing the new head failed: {exc.args[-1]}") from exc
+
+
+def remove_library(conn: pymysql.connections.Connection, repo_id: str) -> None:
+    """A library deleted on the primary: its core rows go on the backup (objects stay, as in Seafile)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_log_bin=0")
+            conn.begin()
+            for table in ("Branch", "RepoHead", "Repo"):
+                cur.execute(f"DELETE FROM `{table}` WHERE repo_id=%s", (repo_id,))
+            conn.commit()
+    except pymysql.MySQLError as exc:
+        conn.rollback()
+        raise DatabaseError(f"library {repo_id}: removing its rows failed: {exc.args[-1]}") from exc

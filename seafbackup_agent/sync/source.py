@@ -1,0 +1,64 @@
+"""Object sources: where the engine reads a library from. Local installation here; HTTP in transport/."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.library import LibraryMeta
+from seafbackup_agent.seafile.storage import ObjType
+
+
+class ObjectSource(Protocol):
+    """Read-only access to the primary's libraries. Missing objects are None / absent, never errors."""
+
+    async def libraries(self) -> AsyncIterator[tuple[str, str]]:
+        """Every library as (repo_id, head commit id)."""
+        ...
+
+    async def library(self, repo_id: str) -> LibraryMeta | None:
+        """The library's head, store and history boundary; None when it does not exist (deleted)."""
+        ...
+
+    async def commit(self, repo_id: str, commit_id: str) -> bytes | None: ...
+
+    async def fs_objects(self, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]:
+        """Stored bytes of each fs object that exists; missing ids are left out."""
+        ...
+
+    async def block(self, store_id: str, block_id: str) -> bytes | None: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalSource:
+    """A Seafile installation reachable from this host (its storage directory and database)."""
+
+    def __init__(self, installation: SeafileInstallation) -> None:
+        self.installation = installation
+
+    async def libraries(self) -> AsyncIterator[tuple[str, str]]:
+        for item in await asyncio.to_thread(lambda: list(self.installation.rows.iter_heads())):
+            yield item
+
+    async def library(self, repo_id: str) -> LibraryMeta | None:
+        return await asyncio.to_thread(self.installation.rows.meta, repo_id)
+
+    async def commit(self, repo_id: str, commit_id: str) -> bytes | None:
+        return self.installation.store.read(ObjType.COMMITS, repo_id, commit_id)
+
+    async def fs_objects(self, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]:
+        found = {}
+        for obj_id in obj_ids:
+            data = self.installation.store.read(ObjType.FS, store_id, obj_id)
+            if data is not None:
+                found[obj_id] = data
+        return found
+
+    async def block(self, store_id: str, block_id: str) -> bytes | None:
+        return await asyncio.to_thread(self.installation.store.read, ObjType.BLOCKS, store_id, block_id)
+
+    async def close(self) -> None:
+        self.installation.close()
