@@ -95,8 +95,28 @@ class LibraryRows:
         return row[0] if row else None
 
 
+ER_SPECIFIC_ACCESS_DENIED = 1227
+
+
+def _write_failed(repo_id: str, what: str, exc: pymysql.MySQLError) -> DatabaseError:
+    if exc.args and exc.args[0] == ER_SPECIFIC_ACCESS_DENIED:
+        return DatabaseError(
+            f"library {repo_id}: {what} failed: the database user may not write with sql_log_bin=0",
+            hint="grant it BINLOG ADMIN on the backup (setup_backup.yml does)",
+        )
+    return DatabaseError(f"library {repo_id}: {what} failed: {exc.args[-1]}")
+
+
 class PublishConflict(DatabaseError):
     """The target's Branch or GCID changed while objects were being copied."""
+
+
+class GCConflict(PublishConflict):
+    """Seafile GC ran on the backup during the copy: objects copied early may have been collected."""
+
+
+class HeadMovedConflict(PublishConflict):
+    """Someone other than the agent moved the library's Branch on the backup."""
 
 
 def publish_head(
@@ -120,7 +140,7 @@ def publish_head(
             gc_id = row[0] if row else None
             if gc_id != expected_gc_id:
                 conn.rollback()
-                raise PublishConflict(
+                raise GCConflict(
                     f"library {repo_id}: Seafile GC ran on the backup during the copy (GCID changed)",
                     hint="the sync is redone with a full check of the copied objects",
                 )
@@ -131,7 +151,7 @@ def publish_head(
             current = row[0] if row else None
             if current != expected_head:
                 conn.rollback()
-                raise PublishConflict(
+                raise HeadMovedConflict(
                     f"library {repo_id}: its head on the backup moved from {expected_head} to {current} during "
                     "the copy",
                     hint="another writer changed Branch on the backup; only the sync agent may",
@@ -148,7 +168,7 @@ def publish_head(
             conn.commit()
     except pymysql.MySQLError as exc:
         conn.rollback()
-        raise DatabaseError(f"library {repo_id}: publishing the new head failed: {exc.args[-1]}") from exc
+        raise _write_failed(repo_id, "publishing the new head", exc) from exc
 
 
 def remove_library(conn: pymysql.connections.Connection, repo_id: str) -> None:
@@ -162,4 +182,4 @@ def remove_library(conn: pymysql.connections.Connection, repo_id: str) -> None:
             conn.commit()
     except pymysql.MySQLError as exc:
         conn.rollback()
-        raise DatabaseError(f"library {repo_id}: removing its rows failed: {exc.args[-1]}") from exc
+        raise _write_failed(repo_id, "removing its rows", exc) from exc

@@ -1,0 +1,1 @@
+"""seaf-backup-cmd."""

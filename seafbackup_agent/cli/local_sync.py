@@ -1,0 +1,84 @@
+"""`seaf-backup-cmd local-sync`: sync libraries from one Seafile installation into another on this host."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.table import Table
+
+from seafbackup_agent.errors import SeafBackupError
+from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.sync.engine import SyncEngine
+from seafbackup_agent.sync.result import SyncError, SyncResult
+from seafbackup_agent.sync.source import LocalSource
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "local-sync",
+        help="sync libraries of one Seafile installation into another, both reachable from this host",
+        description="Copies every library (or the named ones) with its history from the source installation "
+        "into the target, objects first and the Branch row last.",
+    )
+    p.add_argument("--source-conf-dir", required=True, help="the source's conf dir (its seafile.conf)")
+    p.add_argument("--source-data-dir", required=True, help="the source's seafile-data dir")
+    p.add_argument("--conf-dir", default="/opt/seafile/conf", help="the target's conf dir (default %(default)s)")
+    p.add_argument("--data-dir", default="/opt/seafile/seafile-data", help="the target's seafile-data dir")
+    p.add_argument("--force", action="store_true", help="skip objects missing or corrupt on the source")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("libraries", nargs="*", metavar="LIBRARY_ID")
+    p.set_defaults(func=run)
+
+
+async def _sync_all(args: argparse.Namespace) -> list[SyncResult | SyncError]:
+    wanted = [valid_repo_id(r) for r in args.libraries]
+    source_inst = SeafileInstallation.open(args.source_conf_dir, args.source_data_dir)
+    target = SeafileInstallation.open(args.conf_dir, args.data_dir)
+    source = LocalSource(source_inst)
+    try:
+        engine = SyncEngine(source, target)
+        if not wanted:
+            wanted = [repo async for repo, _head in source.libraries()]
+        outcomes: list[SyncResult | SyncError] = []
+        for repo in wanted:
+            try:
+                outcomes.append(await engine.sync_library(repo, force=args.force))
+            except SyncError as exc:
+                outcomes.append(exc)
+        return outcomes
+    finally:
+        await source.close()
+        target.close()
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    outcomes = asyncio.run(_sync_all(args))
+    failed = [o for o in outcomes if isinstance(o, SeafBackupError)]
+    if args.json:
+        print(json.dumps([
+            {"repo_id": o.repo_id, "error": str(o)} if isinstance(o, SyncError) else asdict(o) for o in outcomes
+        ], indent=2, default=str))
+        return 1 if failed else 0
+    table = Table(title="local-sync")
+    for column in ("library", "result", "head", "commits", "fs", "blocks", "bytes", "skipped", "seconds"):
+        table.add_column(column, justify="right" if column not in ("library", "result") else "left")
+    for o in outcomes:
+        if isinstance(o, SyncError):
+            table.add_row(o.repo_id, "[red]failed[/red]", "", "", "", "", "", "", "")
+            continue
+        table.add_row(o.repo_id, o.outcome.value + (" (forced)" if o.forced and o.skipped else ""),
+                      (o.new_head or "")[:12], str(o.commits), str(o.fs_objects), str(o.blocks), str(o.bytes),
+                      str(len(o.skipped)), f"{o.duration:.2f}")
+    console.print(table)
+    for o in failed:
+        Console(stderr=True).print(f"[red]error:[/red] {o}")
+    for o in outcomes:
+        if isinstance(o, SyncResult):
+            for s in o.skipped:
+                console.print(f"skipped {s.obj_type} {s.obj_id} of commit {s.commit_id} in {o.repo_id}: {s.reason}")
+    return 1 if failed else 0

@@ -1,0 +1,311 @@
+"""Bring one library on the backup up to the source's head, consistent at every instant.
+
+Plan and transfer are one streaming walk: new commits are found by walking back from the source head
+to commits the target already has; each new commit's tree is copied depth first, children before
+parents, skipping every directory the target already has (by the invariant, its subtree is complete).
+Objects on the target double as the walk's "seen" set, so memory does not grow with the library.
+Commits are written oldest first once their trees are complete, then `Branch` moves in one
+transaction with a compare-and-swap on the head we started from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from seafbackup_agent.seafile.ids import EMPTY_ID
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.library import GCConflict, HeadMovedConflict, LibraryMeta, publish_head, remove_library
+from seafbackup_agent.seafile.objects import (
+    Commit,
+    FormatError,
+    SeafDir,
+    SeafFile,
+    parse_commit,
+    parse_fs_object,
+    verify_block,
+)
+from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.sync.result import (
+    NotDescendantError,
+    Outcome,
+    SkippedObject,
+    SourceObjectError,
+    SyncError,
+    SyncResult,
+)
+from seafbackup_agent.sync.source import ObjectSource
+
+log = logging.getLogger(__name__)
+
+ANCESTRY_CTIME_SLACK = 86400
+"""How far below the backup head's ctime the ancestry check looks (clients' clocks are not exact)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    block_concurrency: int = 8
+    fs_batch: int = 512
+    durable: bool = True
+
+
+@dataclass(slots=True)
+class _Run:
+    """The state of one sync of one library."""
+
+    meta: LibraryMeta
+    force: bool
+    deep: bool
+    result: SyncResult
+    commit_id: str = ""
+    version: int = 1
+    new_commits: dict[str, Commit] = field(default_factory=dict)
+
+
+class SyncEngine:
+    def __init__(self, source: ObjectSource, target: SeafileInstallation, options: EngineOptions | None = None):
+        self.source = source
+        self.target = target
+        self.options = options or EngineOptions()
+        self._block_slots = asyncio.Semaphore(self.options.block_concurrency)
+
+    async def sync_library(self, repo_id: str, *, force: bool = False) -> SyncResult:
+        started = time.monotonic()
+        try:
+            result = await self._sync(repo_id, force=force, deep=False)
+        except HeadMovedConflict as exc:
+            raise SyncError(repo_id, exc.message, hint=exc.hint) from exc
+        except GCConflict as exc:
+            log.warning("library %s: %s; redoing with a full check", repo_id, exc.message)
+            result = await self._sync(repo_id, force=force, deep=True)
+        result.duration = time.monotonic() - started
+        return result
+
+    async def _sync(self, repo_id: str, *, force: bool, deep: bool) -> SyncResult:
+        rows = self.target.rows
+        old_head = await asyncio.to_thread(rows.head, repo_id)
+        meta = await self.source.library(repo_id)
+        if meta is None:
+            if old_head is None:
+                return SyncResult(repo_id, Outcome.UNCHANGED, None, None)
+            await asyncio.to_thread(remove_library, rows.conn, repo_id)
+            log.info("library %s: deleted on the primary; its rows are removed, objects kept", repo_id)
+            return SyncResult(repo_id, Outcome.DELETED, old_head, None)
+        if meta.head == old_head and not deep:
+            return SyncResult(repo_id, Outcome.UNCHANGED, old_head, old_head)
+
+        gc_id = await asyncio.to_thread(rows.gc_id, meta.store_id)
+        run = _Run(meta, force, deep, SyncResult(repo_id, Outcome.SYNCHRONIZED, old_head, meta.head, forced=force))
+        stops = await self._find_new_commits(run)
+        if old_head is not None and old_head not in stops and not deep:
+            await self._check_descends(run, old_head, stops)
+        for commit in run.new_commits.values():
+            run.commit_id, run.version = commit.commit_id, commit.version
+            await self._copy_tree(run, commit.root_id)
+        for commit in _oldest_first(run.new_commits):
+            await self._write(ObjType.COMMITS, repo_id, commit.commit_id, commit.raw, run)
+            run.result.commits += 1
+        await asyncio.to_thread(
+            publish_head,
+            rows.conn,
+            repo_id=repo_id,
+            store_id=meta.store_id,
+            expected_head=old_head,
+            new_head=meta.head,
+            expected_gc_id=gc_id,
+        )
+        log.info(
+            "library %s: %s -> %s (%d commits, %d fs objects, %d blocks, %d bytes%s)",
+            repo_id, old_head, meta.head, run.result.commits, run.result.fs_objects, run.result.blocks,
+            run.result.bytes, f", {len(run.result.skipped)} skipped" if run.result.skipped else "",
+        )
+        return run.result
+
+    # --- commits ---------------------------------------------------------------------------------
+
+    def _have(self, obj_type: ObjType, store_id: str, obj_id: str, run: _Run) -> bool:
+        if run.deep and obj_type is not ObjType.BLOCKS:
+            return False
+        return self.target.store.exists(obj_type, store_id, obj_id)
+
+    async def _find_new_commits(self, run: _Run) -> set[str]:
+        """Walk back from the source head (both parents) to commits the target has or the history
+        boundary. Returns the commits the walk stopped at because the target has them."""
+        repo_id, meta = run.meta.repo_id, run.meta
+        stops: set[str] = set()
+        pending = [meta.head]
+        while pending:
+            cid = pending.pop()
+            if cid in run.new_commits or cid in stops:
+                continue
+            if self._have(ObjType.COMMITS, repo_id, cid, run):
+                stops.add(cid)
+                continue
+            raw = await self.source.commit(repo_id, cid)
+            try:
+                if raw is None:
+                    raise FormatError("it is missing on the primary")
+                commit = parse_commit(raw, expected_id=cid, expected_repo_id=repo_id)
+            except FormatError as exc:
+                self._object_failed(run, "commit", cid, cid, str(exc))
+                continue
+            run.new_commits[cid] = commit
+            below_boundary = meta.truncate_time is not None and commit.ctime < meta.truncate_time
+            if not below_boundary:
+                pending.extend(commit.parents)
+        return stops
+
+    async def _check_descends(self, run: _Run, old_head: str, stops: set[str]) -> None:
+        """Is the backup's head an ancestor of the source head? Looks through the target's own commits
+        from where the walk stopped (a copy interrupted earlier may have left newer commits there)."""
+        repo_id = run.meta.repo_id
+        old = self.target.store.read(ObjType.COMMITS, repo_id, old_head)
+        floor = parse_commit(old).ctime - ANCESTRY_CTIME_SLACK if old else 0
+        seen: set[str] = set()
+        pending = list(stops)
+        while pending:
+            cid = pending.pop()
+            if cid == old_head:
+                return
+            if cid in seen:
+                continue
+            seen.add(cid)
+            raw = self.target.store.read(ObjType.COMMITS, repo_id, cid)
+            if raw is None:
+                continue
+            commit = parse_commit(raw)
+            if commit.ctime >= floor:
+                pending.extend(commit.parents)
+        message = (
+            f"the primary's head {run.meta.head} does not descend from the backup's head {old_head} "
+            "(the primary ran seaf-fsck or its history was reset)"
+        )
+        if not run.force:
+            raise NotDescendantError(
+                repo_id, message, hint="check the library on the primary, then `seaf-backup-cmd sync --force`"
+            )
+        log.warning("library %s: %s; forced", repo_id, message)
+
+    # --- trees -----------------------------------------------------------------------------------
+
+    async def _copy_tree(self, run: _Run, root_id: str) -> None:
+        store_id = run.meta.store_id
+        if root_id == EMPTY_ID or self._have(ObjType.FS, store_id, root_id, run):
+            return
+        fetched = await self._fetch_fs(run, [root_id])
+        if root_id in fetched:
+            await self._copy_dir(run, root_id, fetched[root_id])
+
+    async def _fetch_fs(self, run: _Run, obj_ids: Sequence[str]) -> dict[str, tuple[SeafDir | SeafFile, bytes]]:
+        """Fetch and verify fs objects; returns id -> (parsed object, stored bytes) for the good ones."""
+        store_id = run.meta.store_id
+        wanted = list(dict.fromkeys(obj_ids))
+        found: dict[str, bytes] = {}
+        for start in range(0, len(wanted), self.options.fs_batch):
+            found.update(await self.source.fs_objects(store_id, wanted[start : start + self.options.fs_batch]))
+        good: dict[str, tuple[SeafDir | SeafFile, bytes]] = {}
+        for obj_id in wanted:
+            raw = found.get(obj_id)
+            try:
+                if raw is None:
+                    raise FormatError("it is missing on the primary")
+                good[obj_id] = (parse_fs_object(obj_id, raw, version=run.version), raw)
+            except FormatError as exc:
+                self._object_failed(run, "fs", obj_id, run.commit_id, str(exc))
+        return good
+
+    async def _copy_dir(self, run: _Run, dir_id: str, fetched: tuple[SeafDir | SeafFile, bytes]) -> None:
+        seafdir, raw = fetched
+        if not isinstance(seafdir, SeafDir):
+            self._object_failed(run, "fs", dir_id, run.commit_id, "a directory entry points at a file object")
+            return
+        store_id = run.meta.store_id
+        children = [
+            d for d in seafdir.dirents
+            if d.id != EMPTY_ID and (d.is_dir or d.is_file) and not self._have(ObjType.FS, store_id, d.id, run)
+        ]
+        objects = await self._fetch_fs(run, [d.id for d in children])
+        files = {d.id: objects[d.id] for d in children if d.is_file and d.id in objects}
+        await self._copy_files(run, files)
+        for d in children:
+            # Checked again: the same directory may occur twice, and the first copy is complete.
+            if d.is_dir and d.id in objects and not self._have(ObjType.FS, store_id, d.id, run):
+                await self._copy_dir(run, d.id, objects[d.id])
+        await self._write(ObjType.FS, store_id, dir_id, raw, run)
+        run.result.fs_objects += 1
+
+    async def _copy_files(self, run: _Run, files: dict[str, tuple[SeafDir | SeafFile, bytes]]) -> None:
+        store_id = run.meta.store_id
+        blocks: dict[str, None] = {}
+        for file_id, (seaffile, _raw) in files.items():
+            if not isinstance(seaffile, SeafFile):
+                self._object_failed(run, "fs", file_id, run.commit_id, "a file entry points at a directory object")
+                continue
+            for block_id in seaffile.block_ids:
+                if not self.target.store.exists(ObjType.BLOCKS, store_id, block_id):
+                    blocks[block_id] = None
+        await asyncio.gather(*(self._copy_block(run, block_id) for block_id in blocks))
+        writes = [
+            self._write(ObjType.FS, store_id, file_id, raw, run)
+            for file_id, (seaffile, raw) in files.items()
+            if isinstance(seaffile, SeafFile)
+        ]
+        await asyncio.gather(*writes)
+        run.result.fs_objects += len(writes)
+
+    async def _copy_block(self, run: _Run, block_id: str) -> None:
+        store_id = run.meta.store_id
+        async with self._block_slots:
+            data = await self.source.block(store_id, block_id)
+            if data is None:
+                self._object_failed(run, "block", block_id, run.commit_id, "it is missing on the primary")
+                return
+            try:
+                await asyncio.to_thread(verify_block, block_id, data)
+            except FormatError as exc:
+                self._object_failed(run, "block", block_id, run.commit_id, str(exc))
+                return
+            await self._write(ObjType.BLOCKS, store_id, block_id, data, run)
+            run.result.blocks += 1
+            run.result.bytes += len(data)
+
+    async def _write(self, obj_type: ObjType, store_id: str, obj_id: str, data: bytes, run: _Run) -> None:
+        await asyncio.to_thread(self.target.store.write, obj_type, store_id, obj_id, data,
+                                durable=self.options.durable)
+        if obj_type is not ObjType.BLOCKS:
+            run.result.bytes += len(data)
+
+    def _object_failed(self, run: _Run, obj_type: str, obj_id: str, commit_id: str, reason: str) -> None:
+        repo_id = run.meta.repo_id
+        if not run.force:
+            raise SourceObjectError(
+                repo_id,
+                f"{obj_type} object {obj_id} (needed by commit {commit_id}) is unusable on the primary: {reason}",
+                obj_type=obj_type,
+                obj_id=obj_id,
+                commit_id=commit_id,
+            )
+        log.warning("library %s: skipping %s object %s of commit %s: %s", repo_id, obj_type, obj_id, commit_id, reason)
+        run.result.skipped.append(SkippedObject(obj_type, obj_id, commit_id, reason))
+
+
+def _oldest_first(commits: dict[str, Commit]) -> Iterable[Commit]:
+    """Parents before children (Kahn's algorithm over the new commits), ties by ctime."""
+    children: dict[str, list[str]] = {cid: [] for cid in commits}
+    waiting: dict[str, int] = {}
+    for cid, commit in commits.items():
+        parents = [p for p in commit.parents if p in commits]
+        waiting[cid] = len(parents)
+        for parent in parents:
+            children[parent].append(cid)
+    ready = sorted((c for c, n in waiting.items() if n == 0), key=lambda c: commits[c].ctime)
+    while ready:
+        cid = ready.pop(0)
+        yield commits[cid]
+        for child in children[cid]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
