@@ -30,6 +30,15 @@ class BackupSettings:
     backup_url: str | None
     sync_token: str = field(repr=False)
     sync_poll_interval_hours: float = 1.0
+    listen: tuple[str, int] = ("0.0.0.0", 8090)
+    """Where this host's agent listens (the primary's API, or the backup's notify endpoint)."""
+    workers: int = 2
+    state_dir: Path = Path("/var/lib/seafbackup")
+    metrics_listen: tuple[str, int] | None = None
+
+    @property
+    def mode(self) -> str:
+        return "primary" if self.backup_url else "backup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +117,32 @@ def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | N
         raise ConfigError(f"{path}: [backup] sync_poll_interval is not a number of hours") from exc
     if interval <= 0:
         raise ConfigError(f"{path}: [backup] sync_poll_interval must be positive (hours)")
-    return BackupSettings(primary_url, backup_url, token, interval)
+    default_port = 8090 if backup_url else 8091
+    listen = _address(path, "listen", section.get("listen", f"0.0.0.0:{default_port}"))
+    metrics = section.get("metrics_listen", "").strip()
+    try:
+        workers = int(section.get("workers", "2"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [backup] workers is not a number") from exc
+    if workers < 1:
+        raise ConfigError(f"{path}: [backup] workers must be at least 1")
+    return BackupSettings(
+        primary_url,
+        backup_url,
+        token,
+        interval,
+        listen=listen,
+        workers=workers,
+        state_dir=Path(section.get("state_dir", "/var/lib/seafbackup")),
+        metrics_listen=_address(path, "metrics_listen", metrics) if metrics else None,
+    )
+
+
+def _address(path: Path, key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{path}: [backup] {key} = {value!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def load_seafile_conf(conf_dir: str | Path) -> SeafileConf:

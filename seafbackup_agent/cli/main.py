@@ -9,7 +9,7 @@ import sys
 
 from rich.console import Console
 
-from seafbackup_agent.cli import local_sync
+from seafbackup_agent.cli import agent_cmds, local_sync
 from seafbackup_agent.errors import SeafBackupError
 
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seaf-backup-cmd", description="seafbackup: Seafile real-time backup")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is copied")
     sub = parser.add_subparsers(dest="command", required=True)
+    agent_cmds.add_parsers(sub)
     local_sync.add_parser(sub)
     return parser
 

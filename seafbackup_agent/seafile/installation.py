@@ -28,5 +28,10 @@ class SeafileInstallation:
         conn = connect(conf.database)
         return cls(conf, data, FilesystemStore(data), LibraryRows(conn, keep_days=conf.history_keep_days))
 
+    @staticmethod
+    def open_rows(conf: SeafileConf) -> LibraryRows:
+        """A new database connection to the same installation (one per thread)."""
+        return LibraryRows(connect(conf.database), keep_days=conf.history_keep_days)
+
     def close(self) -> None:
         self.rows.conn.close()

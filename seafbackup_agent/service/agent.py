@@ -1,0 +1,116 @@
+"""`seaf-backup-cmd agent`: one service, two modes chosen from seafile.conf's `[backup]` section."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from seafbackup_agent.config import SeafileConf, load_seafile_conf
+from seafbackup_agent.errors import ConfigError
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.service.backup import BackupOptions, BackupService
+from seafbackup_agent.service.control import create_control_app, create_metrics_app
+from seafbackup_agent.service.metrics import AgentMetrics
+from seafbackup_agent.service.primary import ChangeDetector, Notifier
+from seafbackup_agent.service.state import StateStore
+from seafbackup_agent.transport.client import HttpSource, NotifyClient
+from seafbackup_agent.transport.server import create_backup_app, create_primary_app, start_server
+
+log = logging.getLogger(__name__)
+
+CONTROL_SOCKET = "agent.sock"
+
+
+def control_socket_path(conf: SeafileConf) -> Path:
+    assert conf.backup is not None
+    return conf.backup.state_dir / CONTROL_SOCKET
+
+
+def _install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_primary(conf: SeafileConf, installation: SeafileInstallation, stop: asyncio.Event) -> None:
+    assert conf.backup is not None
+    metrics = AgentMetrics()
+    host, port = conf.backup.listen
+    server = await start_server(create_primary_app(installation, conf.backup.sync_token), host, port)
+    log.info("primary agent serving on %s, notifying %s", server.url, conf.backup.backup_url)
+    notify = NotifyClient.from_conf(conf)
+    notifier = Notifier(notify.notify, metrics)
+    detector = ChangeDetector(lambda: SeafileInstallation.open_rows(conf))
+    try:
+        await asyncio.gather(detector.run(stop, notifier.changed), notifier.run(stop))
+    finally:
+        await notify.close()
+        await server.close()
+
+
+async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop: asyncio.Event) -> None:
+    assert conf.backup is not None
+    settings = conf.backup
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state = StateStore(settings.state_dir / "state.sqlite")
+    metrics = AgentMetrics()
+    source = HttpSource.from_conf(conf)
+    data_dir = installation.data_dir
+    service = BackupService(
+        source,
+        lambda: SeafileInstallation.open(conf.path.parent, data_dir),
+        state,
+        metrics,
+        BackupOptions(workers=settings.workers, poll_interval_hours=settings.sync_poll_interval_hours),
+    )
+    host, port = settings.listen
+    notify_server = await start_server(create_backup_app(settings.sync_token, service.notified), host, port)
+    control = web.AppRunner(create_control_app(service), access_log=None)
+    await control.setup()
+    socket_path = control_socket_path(conf)
+    socket_path.unlink(missing_ok=True)
+    old_umask = os.umask(0o077)
+    try:
+        await web.UnixSite(control, str(socket_path)).start()
+    finally:
+        os.umask(old_umask)
+    metrics_server = None
+    if settings.metrics_listen:
+        metrics_server = await start_server(create_metrics_app(service), *settings.metrics_listen)
+    log.info("backup agent: notifications on %s, control socket %s, primary %s", notify_server.url, socket_path,
+             settings.primary_url)
+    try:
+        await service.run(stop)
+    finally:
+        await notify_server.close()
+        await control.cleanup()
+        if metrics_server:
+            await metrics_server.close()
+        await source.close()
+        state.close()
+        socket_path.unlink(missing_ok=True)
+
+
+async def run_agent(conf_dir: Path, data_dir: Path) -> int:
+    conf = load_seafile_conf(conf_dir)
+    if conf.backup is None:
+        raise ConfigError(f"{conf.path} has no [backup] section", hint="run setup_backup.yml to pair the hosts")
+    installation = SeafileInstallation.open(conf_dir, data_dir)
+    if not os.access(data_dir / "storage", os.R_OK) and (data_dir / "storage").exists():
+        raise ConfigError(f"{data_dir}/storage is not readable by this user")
+    stop = asyncio.Event()
+    _install_stop_handlers(stop)
+    try:
+        if conf.backup.mode == "primary":
+            await run_primary(conf, installation, stop)
+        else:
+            await run_backup(conf, installation, stop)
+    finally:
+        installation.close()
+    log.info("agent stopped")
+    return 0

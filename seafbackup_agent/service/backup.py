@@ -1,0 +1,213 @@
+"""Backup mode: notifications and polls -> a de-duplicating queue -> N workers -> the sync engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from seafbackup_agent.errors import SeafBackupError
+from seafbackup_agent.seafile.ids import is_repo_id
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.service.metrics import AgentMetrics
+from seafbackup_agent.service.state import LibraryState, StateStore
+from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
+from seafbackup_agent.sync.result import SyncResult
+from seafbackup_agent.sync.source import ObjectSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupOptions:
+    workers: int = 2
+    poll_interval_hours: float = 1.0
+    retry_check_seconds: float = 5.0
+
+
+class BackupService:
+    def __init__(
+        self,
+        source: ObjectSource,
+        open_target: Callable[[], SeafileInstallation],
+        state: StateStore,
+        metrics: AgentMetrics,
+        options: BackupOptions,
+        engine_options: EngineOptions | None = None,
+    ) -> None:
+        self.source = source
+        self.open_target = open_target
+        self.state = state
+        self.metrics = metrics
+        self.options = options
+        self.engine_options = engine_options or EngineOptions()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._forced: set[str] = set()
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self.first_poll_done = asyncio.Event()
+        self.last_poll: float | None = None
+
+    # --- entry points ------------------------------------------------------------------------------
+
+    def enqueue(self, repo_id: str, head: str | None = None, *, force: bool = False) -> None:
+        if not is_repo_id(repo_id):
+            return
+        if force:
+            self._forced.add(repo_id)
+        self.state.waiting(repo_id, head)
+        if repo_id not in self._queued:
+            self._queued.add(repo_id)
+            self._queue.put_nowait(repo_id)
+        self.metrics.queue_depth.set(len(self._queued))
+
+    async def notified(self, repo_id: str, head: str | None) -> None:
+        """A notification from the primary's agent."""
+        status = self.state.get(repo_id)
+        if status and status.synced_head == head and status.state is LibraryState.SYNCHRONIZED:
+            return
+        self.enqueue(repo_id, head)
+
+    async def sync_now(self, repo_id: str, *, force: bool) -> dict:
+        """`seaf-backup-cmd sync`: queue the library and wait until a worker has finished it."""
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(repo_id, []).append(future)
+        self.enqueue(repo_id, None, force=force)
+        return await future
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = [asyncio.create_task(self._worker(i)) for i in range(self.options.workers)]
+        tasks.append(asyncio.create_task(self._poller(stop)))
+        tasks.append(asyncio.create_task(self._retrier(stop)))
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- poll ---------------------------------------------------------------------------------------
+
+    async def poll(self) -> int:
+        """Compare every library's head on the primary with the backup's; queue the differing ones."""
+        started = time.monotonic()
+        target = await asyncio.to_thread(self.open_target)
+        try:
+            backup_heads = dict(await asyncio.to_thread(lambda: list(target.rows.iter_heads())))
+        finally:
+            target.close()
+        primary_heads: dict[str, str] = {}
+        async for repo_id, head in self.source.libraries():
+            primary_heads[repo_id] = head
+        queued = 0
+        in_sync = [(r, h) for r, h in primary_heads.items() if backup_heads.get(r) == h]
+        await asyncio.to_thread(self.state.record_synchronized, in_sync)
+        for repo_id, head in primary_heads.items():
+            if backup_heads.get(repo_id) != head:
+                status = self.state.get(repo_id)
+                if status and status.state is LibraryState.FAILED and status.primary_head == head:
+                    continue  # retried on its own schedule
+                self.enqueue(repo_id, head)
+                queued += 1
+        for repo_id in backup_heads.keys() - primary_heads.keys():
+            self.enqueue(repo_id, None)  # deleted on the primary
+            queued += 1
+        self.state.forget_missing(primary_heads.keys() | backup_heads.keys())
+        self.last_poll = time.time()
+        self.metrics.poll_seconds.observe(time.monotonic() - started)
+        log.info("poll: %d libraries on the primary, %d queued, %.2fs", len(primary_heads), queued,
+                 time.monotonic() - started)
+        return queued
+
+    async def _poller(self, stop: asyncio.Event) -> None:
+        interval = self.options.poll_interval_hours * 3600
+        while not stop.is_set():
+            try:
+                await self.poll()
+            except SeafBackupError as exc:
+                log.error("poll failed: %s", exc)
+            except Exception:
+                log.exception("poll failed")
+            self.first_poll_done.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def _retrier(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for repo_id in self.state.due_retries(time.time()):
+                self.enqueue(repo_id, self.state.get(repo_id).primary_head)  # type: ignore[union-attr]
+            self._update_gauges()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.retry_check_seconds)
+
+    # --- workers ------------------------------------------------------------------------------------
+
+    async def _worker(self, number: int) -> None:
+        target: SeafileInstallation | None = None
+        try:
+            while True:
+                repo_id = await self._queue.get()
+                self._queued.discard(repo_id)
+                self.metrics.queue_depth.set(len(self._queued))
+                force = repo_id in self._forced
+                self._forced.discard(repo_id)
+                outcome = await self._sync_one(repo_id, force, target)
+                target = outcome.pop("target")
+                for future in self._waiters.pop(repo_id, []):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            if target is not None:
+                target.close()
+
+    async def _sync_one(self, repo_id: str, force: bool, target: SeafileInstallation | None) -> dict:
+        self.state.syncing(repo_id)
+        self._update_gauges()
+        try:
+            if target is None:
+                target = await asyncio.to_thread(self.open_target)
+            engine = SyncEngine(self.source, target, self.engine_options)
+            result: SyncResult = await engine.sync_library(repo_id, force=force)
+        except SeafBackupError as exc:
+            reason = str(exc)
+            self.state.failed(repo_id, reason)
+            self.metrics.failures.inc()
+            log.error("library %s: sync failed: %s", repo_id, reason)
+            if target is not None and "database" in type(exc).__name__.lower():
+                target.close()
+                target = None
+            self._update_gauges()
+            return {"repo_id": repo_id, "ok": False, "error": reason, "target": target}
+        except Exception as exc:  # keep the worker alive; the library is retried with backoff
+            log.exception("library %s: unexpected error", repo_id)
+            self.state.failed(repo_id, f"unexpected error: {exc}")
+            self.metrics.failures.inc()
+            if target is not None:
+                target.close()
+            self._update_gauges()
+            return {"repo_id": repo_id, "ok": False, "error": str(exc), "target": None}
+        self.state.synchronized(repo_id, result.new_head, forced=bool(result.forced and result.skipped))
+        self.metrics.record(result)
+        self._update_gauges()
+        return {
+            "repo_id": repo_id,
+            "ok": True,
+            "outcome": result.outcome.value,
+            "head": result.new_head,
+            "commits": result.commits,
+            "fs_objects": result.fs_objects,
+            "blocks": result.blocks,
+            "bytes": result.bytes,
+            "skipped": [asdict(s) for s in result.skipped],
+            "seconds": round(result.duration, 3),
+            "target": target,
+        }
+
+    def _update_gauges(self) -> None:
+        counts = self.state.counts()
+        for state, n in counts.items():
+            self.metrics.libraries.labels(state=state.value).set(n)
+        oldest = self.state.oldest_unsynced_since()
+        self.metrics.oldest_unsynced_seconds.set(time.time() - oldest if oldest else 0)
+

@@ -1,0 +1,79 @@
+"""The backup agent's local control API on a unix socket (0600): what `seaf-backup-cmd` talks to.
+
+Access is the socket file's permission, as for a database's local socket; nothing listens on the
+network for it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from seafbackup_agent.seafile.ids import is_repo_id
+from seafbackup_agent.service.backup import BackupService
+from seafbackup_agent.service.state import LibraryState
+
+SERVICE = web.AppKey("service", BackupService)
+
+
+def status_document(service: BackupService) -> dict:
+    libraries = service.state.all()
+    counts = {state.value: 0 for state in LibraryState}
+    for lib in libraries:
+        counts[lib.state.value] += 1
+    return {
+        "mode": "backup",
+        "total": len(libraries),
+        "counts": counts,
+        "queue_depth": len(service._queued),
+        "last_poll": service.last_poll,
+        "libraries": [asdict(lib) for lib in libraries],
+    }
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(status_document(request.app[SERVICE]), dumps=lambda d: json.dumps(d, default=str))
+
+
+async def _sync(request: web.Request) -> web.Response:
+    try:
+        doc = await request.json()
+    except ValueError:
+        return web.json_response({"error": "body is not JSON"}, status=400)
+    repo_id = doc.get("repo_id") if isinstance(doc, dict) else None
+    if not is_repo_id(repo_id):
+        return web.json_response({"error": f"malformed library id: {repo_id!r}"}, status=400)
+    outcome = await request.app[SERVICE].sync_now(repo_id, force=bool(doc.get("force")))
+    return web.json_response(outcome, status=200 if outcome["ok"] else 409)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[SERVICE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _health(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    return web.json_response({"status": "ok", "mode": "backup", "first_poll_done": service.first_poll_done.is_set()})
+
+
+def create_control_app(service: BackupService) -> web.Application:
+    app = web.Application()
+    app[SERVICE] = service
+    app.router.add_get("/status", _status)
+    app.router.add_post("/sync", _sync)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    return app
+
+
+def create_metrics_app(service: BackupService) -> web.Application:
+    """`/metrics` and `/health` for Prometheus over TCP (`[backup] metrics_listen`)."""
+    app = web.Application()
+    app[SERVICE] = service
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    return app

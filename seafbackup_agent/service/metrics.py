@@ -1,0 +1,34 @@
+"""Prometheus metrics of the agent (prometheus-client), one registry per agent."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from seafbackup_agent.sync.result import SyncResult
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.libraries = Gauge("seafbackup_libraries", "Libraries by sync state", ["state"], registry=r)
+        self.queue_depth = Gauge("seafbackup_queue_depth", "Libraries queued for sync", registry=r)
+        self.oldest_unsynced_seconds = Gauge(
+            "seafbackup_oldest_unsynced_seconds", "Age of the oldest library not synchronized", registry=r)
+        self.bytes_copied = Counter("seafbackup_copied_bytes", "Bytes copied to the backup", registry=r)
+        self.objects_copied = Counter(
+            "seafbackup_copied_objects", "Objects copied to the backup", ["type"], registry=r)
+        self.syncs = Counter("seafbackup_syncs", "Library syncs finished", ["outcome"], registry=r)
+        self.failures = Counter("seafbackup_sync_failures", "Library syncs that failed", registry=r)
+        self.sync_seconds = Histogram("seafbackup_sync_seconds", "Duration of one library sync", registry=r)
+        self.poll_seconds = Histogram("seafbackup_poll_seconds", "Duration of a full poll", registry=r)
+        self.notifications = Counter(
+            "seafbackup_notifications", "Head-move notifications sent (primary) or received (backup)", registry=r)
+
+    def record(self, result: SyncResult) -> None:
+        self.bytes_copied.inc(result.bytes)
+        self.objects_copied.labels(type="commit").inc(result.commits)
+        self.objects_copied.labels(type="fs").inc(result.fs_objects)
+        self.objects_copied.labels(type="block").inc(result.blocks)
+        self.syncs.labels(outcome=result.outcome.value).inc()
+        self.sync_seconds.observe(result.duration)

@@ -1,0 +1,122 @@
+"""Primary mode: detect head moves in Seafile's database and notify the backup, coalesced and retried."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from seafbackup_agent.errors import SeafBackupError
+from seafbackup_agent.seafile.library import LibraryRows
+from seafbackup_agent.service.metrics import AgentMetrics
+
+log = logging.getLogger(__name__)
+
+HOT_SECONDS = 2.0
+"""UPDATE_TIME has a resolution of one second: keep diffing for a while after a change."""
+
+
+class ChangeDetector:
+    """Finds libraries whose `Branch` head moved.
+
+    Idle cost is one O(1) query per tick: `information_schema.TABLES.UPDATE_TIME` of `Branch`, which
+    InnoDB keeps in memory. Only when it moves (and for a moment after) are all heads read and diffed
+    against the last known ones. Seafile's own event queue (`seaf_server.event`) is left to seafevents.
+    """
+
+    def __init__(self, open_rows: Callable[[], LibraryRows], *, tick: float = 0.2) -> None:
+        self.open_rows = open_rows
+        self.tick = tick
+        self.heads: dict[str, str] | None = None
+        self._last_update_time: object = None
+        self._hot_until = 0.0
+
+    def _probe(self, rows: LibraryRows) -> object:
+        with rows.conn.cursor() as cur:
+            cur.execute(
+                "SELECT UPDATE_TIME FROM information_schema.TABLES WHERE TABLE_SCHEMA=DATABASE() "
+                "AND TABLE_NAME='Branch'"
+            )
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def check(self, rows: LibraryRows, now: float) -> list[tuple[str, str | None]]:
+        """One tick: the (library, new head or None if gone) pairs that changed since the last diff."""
+        update_time = self._probe(rows)
+        if update_time != self._last_update_time:
+            self._last_update_time = update_time
+            self._hot_until = now + HOT_SECONDS
+        elif self.heads is not None and now > self._hot_until:
+            return []
+        current = dict(rows.iter_heads())
+        previous, self.heads = self.heads, current
+        if previous is None:
+            return []
+        changed: list[tuple[str, str | None]] = [(r, h) for r, h in current.items() if previous.get(r) != h]
+        changed += [(r, None) for r in previous.keys() - current.keys()]
+        return changed
+
+    async def run(self, stop: asyncio.Event, on_change: Callable[[str, str | None], None]) -> None:
+        rows: LibraryRows | None = None
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                if rows is None:
+                    rows = await asyncio.to_thread(self.open_rows)
+                for repo_id, head in await asyncio.to_thread(self.check, rows, loop.time()):
+                    on_change(repo_id, head)
+            except SeafBackupError as exc:
+                log.error("change detection: %s", exc)
+                rows = None
+            except Exception as exc:  # the DB went away: reconnect on the next tick
+                log.error("change detection: %s", exc)
+                if rows is not None:
+                    with contextlib.suppress(Exception):
+                        rows.conn.close()
+                rows = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.tick)
+        if rows is not None:
+            rows.conn.close()
+
+
+class Notifier:
+    """Sends the latest head of each changed library to the backup; bursts coalesce, failures back off."""
+
+    def __init__(self, send: Callable[[str, str | None], Awaitable[None]], metrics: AgentMetrics,
+                 *, max_backoff: float = 30.0) -> None:
+        self.send = send
+        self.metrics = metrics
+        self.max_backoff = max_backoff
+        self.pending: dict[str, str | None] = {}
+        self._wake = asyncio.Event()
+
+    def changed(self, repo_id: str, head: str | None) -> None:
+        self.pending[repo_id] = head
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.0
+        while not stop.is_set():
+            if not self.pending:
+                self._wake.clear()
+                waiter = asyncio.create_task(self._wake.wait())
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                continue
+            repo_id, head = next(iter(self.pending.items()))
+            try:
+                await self.send(repo_id, head)
+            except SeafBackupError as exc:
+                backoff = min(max(backoff * 2, 0.5), self.max_backoff)
+                log.warning("notify %s: %s; %d pending, retrying in %.1fs", repo_id, exc, len(self.pending), backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                continue
+            backoff = 0.0
+            self.metrics.notifications.inc()
+            if self.pending.get(repo_id, object()) == head:
+                del self.pending[repo_id]
