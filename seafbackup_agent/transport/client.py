@@ -1,0 +1,359 @@
+"""Clients of the HTTP API: `HttpSource` (the backup reads the primary) and `NotifyClient` (the primary
+tells the backup a head moved). Every request is signed (signing.py); connection errors, timeouts and
+5xx answers are retried with exponential backoff and jitter, 4xx answers are not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from seafbackup_agent.config import SeafileConf
+from seafbackup_agent.errors import ConfigError
+from seafbackup_agent.seafile import ids
+from seafbackup_agent.seafile.library import LibraryMeta
+from seafbackup_agent.transport.errors import (
+    AuthenticationError,
+    ProtocolError,
+    RemoteError,
+    TLSError,
+    TransportError,
+    UnreachableError,
+)
+from seafbackup_agent.transport.server import END_FRAME_ID, FRAME, MAX_FS_BATCH
+from seafbackup_agent.transport.signing import RequestSigner
+
+log = logging.getLogger("seafbackup_agent.transport")
+
+T = TypeVar("T")
+USER_AGENT = "seafbackup-agent"
+FS_BATCH = 1000
+"""fs ids per request; `fs_objects()` splits longer lists and runs up to `parallel` requests at once."""
+_KEEP_OPEN = object()
+
+
+class _SignedClient:
+    """One `aiohttp.ClientSession` (pooled connections) to one peer, with signing and retries."""
+
+    peer = "peer"
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        ca_file: str | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.25,
+        max_backoff: float = 8.0,
+        connections: int = 8,
+    ) -> None:
+        url = URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"{base_url!r} is not an http:// or https:// URL")
+        if url.user or url.password or url.query_string or url.fragment:
+            raise ConfigError(f"{self.peer} URL must not carry credentials, a query or a fragment")
+        self.base_url = str(url.with_path(url.path.rstrip("/")))
+        self._base = URL(self.base_url)
+        self._signer = RequestSigner(token)
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context(cafile=ca_file) if url.scheme == "https" else None
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl if self._ssl else True)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers={"User-Agent": USER_AGENT}
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, path: str) -> URL:
+        return self._base.with_path(self._base.path.rstrip("/") + path, encoded=True)
+
+    async def _reason(self, response: aiohttp.ClientResponse) -> str:
+        try:
+            doc = json.loads(await response.read())
+            return str(doc.get("error", "")) if isinstance(doc, dict) else ""
+        except (ValueError, UnicodeDecodeError, aiohttp.ClientError):
+            return ""
+
+    def _auth_error(self, reason: str) -> AuthenticationError:
+        if reason == "signature mismatch":
+            return AuthenticationError(
+                f"the {self.peer} at {self.base_url} rejected our signature: sync_token differs between primary "
+                "and backup",
+                hint="set the same [backup] sync_token in seafile.conf on both hosts",
+            )
+        if "window" in reason:
+            return AuthenticationError(
+                f"the {self.peer} at {self.base_url} rejected our request time: the clocks of primary and backup "
+                "differ by more than the allowed window",
+                hint="run NTP (chrony or systemd-timesyncd) on both hosts",
+            )
+        return AuthenticationError(f"the {self.peer} at {self.base_url} refused authentication: {reason or '401'}")
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        read: Callable[[aiohttp.ClientResponse], Awaitable[T]] | object,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> T:
+        """Send a signed request (new nonce on every attempt) and `read` the answer; retry what may pass.
+
+        `read` gets responses whose status is in `ok`; `_KEEP_OPEN` returns the response unread (the
+        caller releases it), for streamed answers that cannot be retried halfway.
+        """
+        url = self._url(path)
+        path_qs = url.raw_path_qs
+        session = self._get_session()
+        headers = {"Content-Type": content_type} if content_type else {}
+        delay = self.backoff
+        failure: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(min(delay, self.max_backoff) * (0.5 + random.random()))
+                delay *= 2
+            signed = {**headers, **self._signer.headers(method, path_qs, body)}
+            keep = False
+            try:
+                response = await session.request(
+                    method, url, data=body or None, headers=signed, allow_redirects=False
+                )
+                try:
+                    if response.status >= 500 or response.status == 429:
+                        reason = await self._reason(response)
+                        failure = RemoteError(
+                            f"the {self.peer} at {self.base_url} answered {response.status} to {method} {path}"
+                            + (f": {reason}" if reason else ""),
+                            status=response.status,
+                        )
+                        log.debug("%s %s: %s (attempt %d)", method, path, failure, attempt + 1)
+                        continue
+                    if response.status == 401:
+                        raise self._auth_error(await self._reason(response))
+                    if response.status not in ok:
+                        reason = await self._reason(response)
+                        raise RemoteError(
+                            f"the {self.peer} at {self.base_url} answered {response.status} to {method} {path}"
+                            + (f": {reason}" if reason else ""),
+                            status=response.status,
+                        )
+                    if read is _KEEP_OPEN:
+                        keep = True
+                        return response  # type: ignore[return-value]
+                    return await read(response)  # type: ignore[operator]
+                finally:
+                    if not keep:
+                        response.release()
+            except aiohttp.ClientSSLError as exc:
+                raise TLSError(
+                    f"HTTPS to the {self.peer} at {self.base_url} failed: {exc}",
+                    hint="use a certificate the system trusts, or pass the CA file (ca_file) that signed it",
+                ) from exc
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                failure = exc
+                log.debug("%s %s: %r (attempt %d)", method, path, exc, attempt + 1)
+        if isinstance(failure, RemoteError):
+            raise RemoteError(f"{failure.message} (after {self.retries + 1} attempts)", status=failure.status)
+        raise UnreachableError(
+            f"the {self.peer} at {self.base_url} is unreachable after {self.retries + 1} attempts: "
+            f"{failure or 'no answer'}",
+            hint=f"check that the seafbackup agent runs on the {self.peer} and listens at that URL",
+        )
+
+
+def _is_not_found(status: int, reason: str) -> bool:
+    return status == 404 and reason.startswith("no such ")
+
+
+class HttpSource(_SignedClient):
+    """The primary's libraries over HTTP(S): the `ObjectSource` of seafbackup_agent.sync.source."""
+
+    peer = "primary"
+
+    def __init__(self, base_url: str, token: str, *, fs_batch: int = FS_BATCH, parallel: int = 4, **options: Any):
+        super().__init__(base_url, token, **options)
+        if not 0 < fs_batch <= MAX_FS_BATCH:
+            raise ConfigError(f"fs_batch must be between 1 and {MAX_FS_BATCH}")
+        self.fs_batch = fs_batch
+        self._parallel = asyncio.Semaphore(parallel)
+
+    @classmethod
+    def from_conf(cls, conf: SeafileConf, **options: Any) -> HttpSource:
+        """From the backup's seafile.conf: `[backup] primary_url` and `sync_token`."""
+        if conf.backup is None or not conf.backup.primary_url:
+            raise ConfigError(f"{conf.path}: [backup] primary_url is not set", hint="this host is not a backup")
+        return cls(conf.backup.primary_url, conf.backup.sync_token, **options)
+
+    async def _optional(self, response: aiohttp.ClientResponse) -> bytes | None:
+        if response.status == 404:
+            reason = await self._reason(response)
+            if _is_not_found(404, reason):
+                return None
+            raise RemoteError(
+                f"the primary at {self.base_url} does not serve {response.url.path}: is it a seafbackup agent?",
+                status=404,
+            )
+        return await response.read()
+
+    async def libraries(self) -> AsyncIterator[tuple[str, str]]:
+        """Every library as (repo_id, head), streamed; raises unless the list arrived complete."""
+        response: aiohttp.ClientResponse = await self._call("GET", "/v1/libraries", _KEEP_OPEN)
+        count = 0
+        try:
+            async for line in response.content:
+                doc = json.loads(line)
+                if "repo_id" in doc:
+                    repo_id, head = doc["repo_id"], doc["head"]
+                    if not (ids.is_repo_id(repo_id) and ids.is_object_id(head)):
+                        raise ProtocolError(f"library list: malformed entry {line[:120]!r}")
+                    count += 1
+                    yield repo_id, head
+                elif doc.get("end"):
+                    if doc.get("count") != count:
+                        raise ProtocolError(f"library list: {count} entries but the primary sent {doc.get('count')}")
+                    return
+                else:
+                    raise RemoteError(f"library list failed on the primary: {doc.get('error')}", status=200)
+            raise ProtocolError("library list ended early (connection closed before its end marker)")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransportError(f"library list from {self.base_url} broke off after {count} entries: {exc}") from exc
+        except ValueError as exc:
+            raise ProtocolError(f"library list: a line is not JSON: {exc}") from exc
+        finally:
+            response.release()
+
+    async def library(self, repo_id: str) -> LibraryMeta | None:
+        ids.repo_id(repo_id)
+        raw = await self._call("GET", f"/v1/libraries/{repo_id}", self._optional, ok=(200, 404))
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            meta = LibraryMeta(doc["repo_id"], doc["head"], doc["store_id"], doc["truncate_time"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProtocolError(f"library {repo_id}: malformed metadata from the primary") from exc
+        if not (
+            meta.repo_id == repo_id
+            and ids.is_object_id(meta.head)
+            and ids.is_repo_id(meta.store_id)
+            and (meta.truncate_time is None or isinstance(meta.truncate_time, int))
+        ):
+            raise ProtocolError(f"library {repo_id}: malformed metadata from the primary: {doc!r}")
+        return meta
+
+    async def commit(self, repo_id: str, commit_id: str) -> bytes | None:
+        ids.repo_id(repo_id)
+        ids.object_id(commit_id, "commit id")
+        return await self._call(
+            "GET", f"/v1/libraries/{repo_id}/commits/{commit_id}", self._optional, ok=(200, 404)
+        )
+
+    async def fs_objects(self, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]:
+        """Stored bytes of each fs object that exists; missing ids are left out. Batches of `fs_batch`."""
+        ids.repo_id(store_id, "store id")
+        wanted = [ids.object_id(obj_id, "fs object id") for obj_id in dict.fromkeys(obj_ids) if obj_id != ids.EMPTY_ID]
+        batches = [wanted[i : i + self.fs_batch] for i in range(0, len(wanted), self.fs_batch)]
+        found: dict[str, bytes] = {}
+        for part in await asyncio.gather(*(self._fs_batch(store_id, batch) for batch in batches)):
+            found.update(part)
+        return found
+
+    async def _fs_batch(self, store_id: str, batch: list[str]) -> dict[str, bytes]:
+        body = json.dumps(batch, separators=(",", ":")).encode()
+
+        async def read(response: aiohttp.ClientResponse) -> dict[str, bytes]:
+            return parse_pack(await response.read(), set(batch))
+
+        async with self._parallel:
+            return await self._call(
+                "POST", f"/v1/stores/{store_id}/fs", read, body=body, content_type="application/json"
+            )
+
+    async def block(self, store_id: str, block_id: str) -> bytes | None:
+        ids.repo_id(store_id, "store id")
+        ids.object_id(block_id, "block id")
+        async with self._parallel:
+            return await self._call(
+                "GET", f"/v1/stores/{store_id}/blocks/{block_id}", self._optional, ok=(200, 404)
+            )
+
+
+def parse_pack(data: bytes, requested: set[str]) -> dict[str, bytes]:
+    """Frames `[40-byte id][u32 BE length][bytes]`, then the end frame (EMPTY_ID, number of frames)."""
+    view = memoryview(data)
+    found: dict[str, bytes] = {}
+    pos = 0
+    size = FRAME.size
+    while True:
+        if pos + size > len(view):
+            raise ProtocolError("fs batch ended early (no end frame)")
+        raw_id, length = FRAME.unpack_from(view, pos)
+        pos += size
+        if raw_id == END_FRAME_ID:
+            if length != len(found) or pos != len(view):
+                raise ProtocolError("fs batch: end frame does not match what was sent")
+            return found
+        obj_id = raw_id.decode("ascii", "replace")
+        if obj_id not in requested or obj_id in found:
+            raise ProtocolError(f"fs batch: unexpected object {obj_id!r}")
+        if pos + length > len(view):
+            raise ProtocolError(f"fs batch: object {obj_id} is cut short")
+        found[obj_id] = bytes(view[pos : pos + length])
+        pos += length
+
+
+class NotifyClient(_SignedClient):
+    """The primary's side of notifications: tells the backup that a library's head moved (or is gone)."""
+
+    peer = "backup"
+
+    @classmethod
+    def from_conf(cls, conf: SeafileConf, **options: Any) -> NotifyClient:
+        """From the primary's seafile.conf: `[backup] backup_url` and `sync_token`."""
+        if conf.backup is None or not conf.backup.backup_url:
+            raise ConfigError(f"{conf.path}: [backup] backup_url is not set", hint="this host is not a primary")
+        return cls(conf.backup.backup_url, conf.backup.sync_token, **options)
+
+    async def notify(self, repo_id: str, head: str | None) -> None:
+        ids.repo_id(repo_id)
+        if head is not None:
+            ids.object_id(head, "head commit id")
+        body = json.dumps({"repo_id": repo_id, "head": head}).encode()
+
+        async def read(response: aiohttp.ClientResponse) -> None:
+            await response.read()
+
+        await self._call("POST", "/v1/notify", read, body=body, content_type="application/json", ok=(202,))

@@ -1,0 +1,445 @@
+"""The HTTP API: the primary serves its Seafile installation read-only; the backup takes notifications.
+
+Routes (all under /v1, all signed except health; see signing.py):
+
+    GET  /v1/health                                  {"status": "ok", "role": ...}
+    GET  /v1/libraries                               NDJSON {"repo_id", "head"} lines, then {"end": true, "count": N}
+    GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON; 404 when the library does not exist
+    GET  /v1/libraries/<repo_id>/commits/<id>        the commit's stored bytes; 404 when missing
+    POST /v1/stores/<store_id>/fs                    body: JSON list of fs ids; response: pack frames
+    GET  /v1/stores/<store_id>/blocks/<id>           the block's stored bytes, streamed, with Content-Length
+    POST /v1/notify  (backup side)                   {"repo_id": ..., "head": <id or null>} -> 202
+
+Pack frames (as Seafile's pack-fs): `[40-byte ASCII id][u32 big-endian length][stored bytes]` for each
+object found, missing ids simply absent, then one end frame: 40 ASCII zeros (EMPTY_ID, never stored) and
+the number of object frames sent, so a truncated response can never pass for "objects missing".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import ssl
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, TypeVar
+
+import pymysql
+from aiohttp import web
+
+from seafbackup_agent.errors import DatabaseError
+from seafbackup_agent.seafile.db import connect
+from seafbackup_agent.seafile.ids import EMPTY_ID, is_object_id, is_repo_id
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.library import LibraryRows
+from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.transport.signing import DEFAULT_WINDOW, ReplayCacheFull, RequestVerifier, SignatureError
+
+log = logging.getLogger("seafbackup_agent.transport")
+access_log = logging.getLogger("seafbackup_agent.transport.access")
+
+API = "/v1"
+HEALTH_PATH = f"{API}/health"
+MAX_REQUEST_BODY = 1 << 20
+"""Largest request body accepted (413 above): room for MAX_FS_BATCH ids in JSON."""
+MAX_FS_BATCH = 10_000
+"""Most fs ids in one request (400 above); the client sends FS_BATCH (client.py) at a time."""
+FRAME = struct.Struct(">40sI")
+END_FRAME_ID = EMPTY_ID.encode("ascii")
+BLOCK_CHUNK = 1 << 20
+_FS_READ_CHUNK = 256
+_HEADS_CHUNK = 2000
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+SERVER_HEADER = "seafbackup"
+
+T = TypeVar("T")
+NotifyCallback = Callable[[str, str | None], Awaitable[None]]
+
+VERIFIER = web.AppKey("verifier", RequestVerifier)
+INSTALLATION = web.AppKey("installation", SeafileInstallation)
+NOTIFY = web.AppKey("notify", Callable)  # type: ignore[arg-type]
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+# --- database access from threads ---------------------------------------------------------------------
+
+
+class RowsPool:
+    """A few `LibraryRows`, each on its own connection, used from worker threads one at a time.
+
+    PyMySQL connections are not thread-safe, so a connection is checked out for one call (or one
+    streamed list) and returned. A connection that fails is dropped and the call retried once on a new one.
+    """
+
+    def __init__(self, installation: SeafileInstallation, size: int = 4) -> None:
+        self._settings = installation.conf.database
+        self._keep_days = installation.rows.keep_days
+        self._free: list[LibraryRows] = []
+        self._all: list[LibraryRows] = []
+        self._slots = asyncio.Semaphore(size)
+
+    def _new(self) -> LibraryRows:
+        rows = LibraryRows(connect(self._settings), keep_days=self._keep_days)
+        self._all.append(rows)
+        return rows
+
+    async def acquire(self, *, check: bool = False) -> LibraryRows:
+        """A connection for this task alone; `check` pings a pooled one first and replaces it if dead."""
+        await self._slots.acquire()
+        try:
+            while self._free:
+                rows = self._free.pop()
+                if not check:
+                    return rows
+                try:
+                    await asyncio.to_thread(rows.conn.ping)
+                    return rows
+                except pymysql.MySQLError:
+                    self._drop(rows)
+            return await asyncio.to_thread(self._new)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, rows: LibraryRows, *, broken: bool = False) -> None:
+        if broken:
+            self._drop(rows)
+        else:
+            self._free.append(rows)
+        self._slots.release()
+
+    def _drop(self, rows: LibraryRows) -> None:
+        if rows in self._all:
+            self._all.remove(rows)
+        with contextlib.suppress(Exception):
+            rows.conn.close()
+
+    async def run(self, fn: Callable[[LibraryRows], T]) -> T:
+        """`fn(rows)` in a worker thread with a connection of its own."""
+        for attempt in range(2):
+            rows = await self.acquire()
+            try:
+                result = await asyncio.to_thread(fn, rows)
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError):
+                self.release(rows, broken=True)
+                if attempt:
+                    raise
+                continue
+            except BaseException:
+                self.release(rows)
+                raise
+            self.release(rows)
+            return result
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for rows in list(self._all):
+            self._drop(rows)
+        self._free.clear()
+
+
+ROWS = web.AppKey("rows", RowsPool)
+
+
+# --- middlewares and signals ----------------------------------------------------------------------
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    if request.path == HEALTH_PATH:
+        return await handler(request)
+    verifier = request.app[VERIFIER]
+    try:
+        verifier.check_headers(request.headers)
+        if request.content_length is not None and request.content_length > request.app._client_max_size:
+            return _error(413, "request body too large")
+        body = await request.read()
+        verifier.verify(request.method, request.raw_path, request.headers, body)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "request body too large")
+    except ReplayCacheFull as exc:
+        log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, exc.reason)
+        return _error(503, exc.reason)
+    except SignatureError as exc:
+        log.warning("rejected %s %s from %s: %s", request.method, request.path, request.remote, exc.reason)
+        return _error(401, exc.reason)
+    try:
+        return await handler(request)
+    except (pymysql.MySQLError, DatabaseError) as exc:
+        log.error("%s %s: database error: %s", request.method, request.path, exc)
+        return _error(503, "database unavailable")
+
+
+async def _hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
+
+
+def _base_app(token: str, *, window: float, max_body: int) -> web.Application:
+    app = web.Application(client_max_size=max_body, middlewares=[_authenticate])
+    app[VERIFIER] = RequestVerifier(token, window=window)
+    app.on_response_prepare.append(_hide_server_version)
+    return app
+
+
+# --- primary side -------------------------------------------------------------------------------------
+
+
+def _repo_id(request: web.Request, key: str = "repo_id") -> str:
+    value = request.match_info[key]
+    if not is_repo_id(value):
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"malformed {key}"}), content_type="application/json")
+    return value
+
+
+def _object_id(request: web.Request, key: str) -> str:
+    value = request.match_info[key]
+    if not is_object_id(value):
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"malformed {key}"}), content_type="application/json")
+    return value
+
+
+async def _health_primary(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "role": "primary", "api": 1})
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    return list(islice(it, n))
+
+
+async def _libraries(request: web.Request) -> web.StreamResponse:
+    pool = request.app[ROWS]
+    rows = await pool.acquire(check=True)
+    heads = rows.iter_heads()
+    broken = False
+    try:
+        chunk = await asyncio.to_thread(_take, heads, _HEADS_CHUNK)  # before prepare: a DB error is a 503
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        count = 0
+        try:
+            while chunk:
+                lines = "".join(json.dumps({"repo_id": r, "head": h}) + "\n" for r, h in chunk)
+                await response.write(lines.encode())
+                count += len(chunk)
+                if len(chunk) < _HEADS_CHUNK:
+                    break
+                chunk = await asyncio.to_thread(_take, heads, _HEADS_CHUNK)
+        except pymysql.MySQLError as exc:
+            log.error("library list: database error after %d libraries: %s", count, exc)
+            broken = True
+            await response.write(json.dumps({"error": "database error during the list"}).encode() + b"\n")
+            return response
+        await response.write(json.dumps({"end": True, "count": count}).encode() + b"\n")
+        await response.write_eof()
+        return response
+    except pymysql.MySQLError:
+        broken = True
+        raise
+    finally:
+        heads.close()
+        pool.release(rows, broken=broken)
+
+
+async def _library(request: web.Request) -> web.Response:
+    repo_id = _repo_id(request)
+    meta = await request.app[ROWS].run(lambda rows: rows.meta(repo_id))
+    if meta is None:
+        return _error(404, "no such library")
+    return web.json_response(dataclasses.asdict(meta))
+
+
+async def _commit(request: web.Request) -> web.Response:
+    repo_id, commit_id = _repo_id(request), _object_id(request, "commit_id")
+    store = request.app[INSTALLATION].store
+    data = await asyncio.to_thread(store.read, ObjType.COMMITS, repo_id, commit_id)
+    if data is None:
+        return _error(404, "no such commit")
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+def _read_frames(installation: SeafileInstallation, store_id: str, obj_ids: list[str]) -> tuple[bytes, int]:
+    out = bytearray()
+    found = 0
+    for obj_id in obj_ids:
+        data = installation.store.read(ObjType.FS, store_id, obj_id)
+        if data is not None:
+            out += FRAME.pack(obj_id.encode("ascii"), len(data))
+            out += data
+            found += 1
+    return bytes(out), found
+
+
+async def _fs_objects(request: web.Request) -> web.StreamResponse:
+    store_id = _repo_id(request, "store_id")
+    try:
+        obj_ids = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "body is not JSON")
+    if not isinstance(obj_ids, list):
+        return _error(400, "body must be a JSON list of fs object ids")
+    if len(obj_ids) > MAX_FS_BATCH:
+        return _error(400, f"at most {MAX_FS_BATCH} ids per request")
+    if not all(is_object_id(obj_id) for obj_id in obj_ids):
+        return _error(400, "malformed fs object id")
+    wanted = [obj_id for obj_id in dict.fromkeys(obj_ids) if obj_id != EMPTY_ID]
+    installation = request.app[INSTALLATION]
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    sent = 0
+    for start in range(0, len(wanted), _FS_READ_CHUNK):
+        data, found = await asyncio.to_thread(
+            _read_frames, installation, store_id, wanted[start : start + _FS_READ_CHUNK]
+        )
+        if data:
+            await response.write(data)
+        sent += found
+    await response.write(FRAME.pack(END_FRAME_ID, sent))
+    await response.write_eof()
+    return response
+
+
+def _open_block(path: str) -> tuple[Any, int] | None:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the caller after streaming
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return fh, os.fstat(fh.fileno()).st_size
+
+
+async def _block(request: web.Request) -> web.StreamResponse:
+    store_id, block_id = _repo_id(request, "store_id"), _object_id(request, "block_id")
+    path = request.app[INSTALLATION].store.path(ObjType.BLOCKS, store_id, block_id)
+    opened = await asyncio.to_thread(_open_block, path)
+    if opened is None:
+        return _error(404, "no such block")
+    fh, size = opened
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        remaining = size
+        while remaining > 0:
+            chunk = await asyncio.to_thread(fh.read, min(BLOCK_CHUNK, remaining))
+            if not chunk:
+                break  # the file shrank: the short body makes the client fail and retry
+            await response.write(chunk)
+            remaining -= len(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        fh.close()
+
+
+def create_primary_app(
+    installation: SeafileInstallation,
+    token: str,
+    *,
+    window: float = DEFAULT_WINDOW,
+    db_connections: int = 4,
+    max_body: int = MAX_REQUEST_BODY,
+) -> web.Application:
+    """The primary's read-only API over `installation`.
+
+    It opens its own database connections (up to `db_connections`, closed on cleanup) and only reads
+    `installation.store`; `installation.rows` is left to its owner.
+    """
+    app = _base_app(token, window=window, max_body=max_body)
+    app[INSTALLATION] = installation
+    pool = RowsPool(installation, db_connections)
+    app[ROWS] = pool
+
+    async def _close_pool(app: web.Application) -> None:
+        await asyncio.to_thread(pool.close)
+
+    app.on_cleanup.append(_close_pool)
+    app.router.add_get(HEALTH_PATH, _health_primary)
+    app.router.add_get(f"{API}/libraries", _libraries)
+    app.router.add_get(f"{API}/libraries/{{repo_id}}", _library)
+    app.router.add_get(f"{API}/libraries/{{repo_id}}/commits/{{commit_id}}", _commit)
+    app.router.add_post(f"{API}/stores/{{store_id}}/fs", _fs_objects)
+    app.router.add_get(f"{API}/stores/{{store_id}}/blocks/{{block_id}}", _block)
+    return app
+
+
+# --- backup side ----------------------------------------------------------------------------------
+
+
+async def _health_backup(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "role": "backup", "api": 1})
+
+
+async def _notify(request: web.Request) -> web.Response:
+    try:
+        doc = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "body is not JSON")
+    if not isinstance(doc, dict) or not is_repo_id(doc.get("repo_id")):
+        return _error(400, "malformed repo_id")
+    head = doc.get("head")
+    if head is not None and not is_object_id(head):
+        return _error(400, "malformed head")
+    await request.app[NOTIFY](doc["repo_id"], head)
+    return web.json_response({"accepted": True}, status=202)
+
+
+def create_backup_app(token: str, on_notify: NotifyCallback, *, window: float = DEFAULT_WINDOW) -> web.Application:
+    """The backup's endpoint for the primary's notifications: `on_notify(repo_id, head)` for each one;
+    head None means the library is gone on the primary."""
+    app = _base_app(token, window=window, max_body=64 * 1024)
+    app[NOTIFY] = on_notify
+    app.router.add_get(HEALTH_PATH, _health_backup)
+    app.router.add_post(f"{API}/notify", _notify)
+    return app
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    runner: web.AppRunner
+    url: str
+    """Base URL with the bound port, e.g. http://127.0.0.1:41234"""
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def start_server(
+    app: web.Application,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    shutdown_timeout: float = 5.0,
+) -> RunningServer:
+    """Serve `app` (port 0 picks a free port); access logs go to `seafbackup_agent.transport.access`."""
+    runner = web.AppRunner(
+        app, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=shutdown_timeout
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    scheme = "https" if ssl_context else "http"
+    return RunningServer(runner, f"{scheme}://{shown}:{bound_port}")

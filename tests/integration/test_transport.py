@@ -1,0 +1,467 @@
+"""The HTTP transport against a real primary (lab MariaDB + Seafile data written by the writer):
+HttpSource returns exactly what LocalSource returns; bad requests get 4xx and no data; HTTPS; no secrets
+in logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import socket
+import subprocess
+import time
+import uuid
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from seafbackup_agent.errors import InvalidIdError
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.sync.source import LocalSource
+from seafbackup_agent.transport.client import HttpSource, NotifyClient, parse_pack
+from seafbackup_agent.transport.errors import (
+    AuthenticationError,
+    RemoteError,
+    TLSError,
+    UnreachableError,
+)
+from seafbackup_agent.transport.server import (
+    MAX_FS_BATCH,
+    create_backup_app,
+    create_primary_app,
+    server_ssl_context,
+    start_server,
+)
+from seafbackup_agent.transport.signing import NONCE_HEADER, derive_key, sign_headers
+from seafbackup_lab.writer import Delete, Put, Rename, bulk_files
+from tests.seafile_checks import check_closure
+
+TOKEN = "5eafbac6" * 5
+OTHER_TOKEN = "0bad0bad" * 5
+FAST = {"retries": 1, "backoff": 0.01}
+
+
+@contextlib.asynccontextmanager
+async def serving(lab, token: str = TOKEN, ssl_context=None, **options):
+    installation = SeafileInstallation.open(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir)
+    server = await start_server(create_primary_app(installation, token, **options), ssl_context=ssl_context)
+    try:
+        yield server, installation
+    finally:
+        await server.close()
+        installation.close()
+
+
+async def raw_request(base: str, method: str, path: str, *, token: str = TOKEN, body: bytes = b"", sign_path=None,
+                      sign_body=None, sign_method=None, now=None, headers=None, signed=True):
+    signature = (
+        sign_headers(
+            derive_key(token), sign_method or method, sign_path or path, body if sign_body is None else sign_body,
+            now=now,
+        )
+        if signed
+        else {}
+    )
+    async with aiohttp.ClientSession() as session, session.request(
+        method, URL(base + path, encoded=True), data=body or None, headers={**signature, **(headers or {})}
+    ) as response:
+        return response.status, await response.read(), response.headers
+
+
+def populate(primary) -> dict[str, str]:
+    """A library with history, a virtual repo of it, a history-limited library, a deleted one."""
+    work = primary.create_library("work", "alice@example.com")
+    primary.put_files(work, {"hello.txt": b"hello\n", "docs/a.md": b"# A\n" * 500, "shared/x.txt": b"x"})
+    primary.commit(work, [Put("docs/big.bin", bytes(range(256)) * 1200), Put("ünïcödé/文件.txt", "grüße".encode())])
+    primary.commit(work, [Rename("hello.txt", "docs/hello.txt"), Delete("docs/a.md")])
+    vrepo = primary.create_virtual_repo(work, "shared", "shared", "bob@example.com")
+    primary.commit(vrepo, [Put("z.txt", b"z" * 70_000)], modifier="bob@example.com")
+    limited = primary.create_library("limited", "alice@example.com")
+    primary.put_files(limited, {"l.txt": b"limited"})
+    primary.set_history_limit(limited, 30)
+    primary.set_valid_since(limited, 1_700_000_000)
+    gone = primary.create_library("gone", "alice@example.com")
+    primary.put_files(gone, {"g.txt": b"g"})
+    gone_head = primary.head(gone)
+    primary.delete_library(gone)
+    return {"work": work, "vrepo": vrepo, "limited": limited, "gone": gone, "gone_head": gone_head}
+
+
+async def _same_answers(http: HttpSource, local: LocalSource, data_dir, libs: dict[str, str]) -> int:
+    listed = [item async for item in http.libraries()]
+    assert listed == [item async for item in local.libraries()]
+    assert {r for r, _ in listed} == {libs["work"], libs["vrepo"], libs["limited"]}
+    checked = 0
+    for repo_id, head in listed:
+        meta = await http.library(repo_id)
+        assert meta == await local.library(repo_id) and meta.head == head
+        closure = check_closure(data_dir, repo_id, meta.store_id, head)
+        for commit_id in closure.commits:
+            assert await http.commit(repo_id, commit_id) == await local.commit(repo_id, commit_id) is not None
+        wanted = [*sorted(closure.fs), "0" * 40, "f" * 40]
+        fs = await http.fs_objects(meta.store_id, wanted)
+        assert fs == await local.fs_objects(meta.store_id, wanted)
+        assert set(fs) == closure.fs
+        for block_id in closure.blocks:
+            block = await http.block(meta.store_id, block_id)
+            assert block == await local.block(meta.store_id, block_id) is not None
+        checked += len(closure.commits) + len(closure.fs) + len(closure.blocks)
+    assert (await http.library(libs["vrepo"])).store_id == libs["work"]
+    assert (await http.library(libs["limited"])).truncate_time is not None
+    # Missing things are None/absent on both sides, never errors.
+    for source in (http, local):
+        assert await source.library(libs["gone"]) is None
+        assert await source.library(str(uuid.uuid4())) is None
+        assert await source.commit(libs["work"], "a" * 40) is None
+        assert await source.block(libs["work"], "b" * 40) is None
+        assert await source.fs_objects(libs["work"], ["c" * 40]) == {}
+    # A deleted library's objects stay readable (Seafile keeps them in the trash).
+    assert await http.commit(libs["gone"], libs["gone_head"]) is not None
+    return checked
+
+
+def test_http_source_returns_exactly_what_local_source_returns(primary, lab):
+    libs = populate(primary)
+
+    async def scenario():
+        async with serving(lab) as (server, installation):
+            local = LocalSource(installation)
+            async with HttpSource(server.url, TOKEN, fs_batch=7) as http:  # small batches: many requests
+                return await _same_answers(http, local, lab.primary.seafile_data_dir, libs)
+
+    assert asyncio.run(scenario()) > 30
+
+
+def test_health_is_open_and_the_server_hides_its_version(primary, lab):
+    async def scenario():
+        async with serving(lab) as (server, _):
+            status, body, headers = await raw_request(server.url, "GET", "/v1/health", signed=False)
+            assert status == 200 and json.loads(body)["status"] == "ok"
+            assert headers["Server"] == "seafbackup"
+            status, _, headers = await raw_request(server.url, "GET", "/v1/libraries", signed=False)
+            assert status == 401 and headers["Server"] == "seafbackup"
+
+    asyncio.run(scenario())
+
+
+def test_forged_replayed_tampered_and_malformed_requests_get_4xx_and_no_data(primary, lab):
+    repo = primary.create_library("secret data", "alice@example.com")
+    secret = b"TOP-SECRET-CONTENT" * 100
+    primary.put_files(repo, {"s.txt": secret})
+    head = primary.head(repo)
+    closure = check_closure(lab.primary.seafile_data_dir, repo, repo, head)
+    block_id = next(iter(closure.blocks))
+    fs_ids = sorted(closure.fs)
+    commit_raw = primary.store.read(ObjType.COMMITS, repo, head)
+    block_path = f"/v1/stores/{repo}/blocks/{block_id}"
+    fs_path = f"/v1/stores/{repo}/fs"
+    fs_body = json.dumps(fs_ids).encode()
+
+    async def expect(url, status, method, path, **kwargs):
+        got, body, _ = await raw_request(url, method, path, **kwargs)
+        assert got == status, (method, path, kwargs.keys(), body)
+        assert secret not in body and commit_raw not in body and head.encode() not in body
+        assert all(f.encode() not in body for f in fs_ids)
+        return json.loads(body)["error"] if body.startswith(b"{") else body.decode()
+
+    async def scenario():
+        async with serving(lab) as (server, _):
+            url = server.url
+            # The real thing works, and each of the following is a small change to it.
+            ok, body, headers = await raw_request(url, "GET", block_path)
+            assert ok == 200 and body == secret and int(headers["Content-Length"]) == len(secret)
+            assert (await raw_request(url, "POST", fs_path, body=fs_body))[0] == 200
+
+            assert "missing" in await expect(url, 401, "GET", block_path, signed=False)
+            assert await expect(url, 401, "GET", block_path, token=OTHER_TOKEN) == "signature mismatch"
+            forged = {"X-Seafbackup-Signature": "0" * 64}
+            assert await expect(url, 401, "GET", block_path, headers=forged) == "signature mismatch"
+            other_block = f"/v1/stores/{repo}/blocks/{'e' * 40}"
+            assert await expect(url, 401, "GET", block_path, sign_path=other_block) == "signature mismatch"
+            assert await expect(url, 401, "GET", block_path, sign_method="POST") == "signature mismatch"
+            assert await expect(url, 401, "GET", f"/v1/libraries/{repo}", sign_path="/v1/health") == (
+                "signature mismatch"
+            )
+            tampered = json.dumps(fs_ids[:1]).encode()
+            assert await expect(url, 401, "POST", fs_path, body=tampered, sign_body=fs_body) == "signature mismatch"
+            assert "window" in await expect(url, 401, "GET", block_path, now=time.time() - 120)
+            assert "window" in await expect(url, 401, "GET", block_path, now=time.time() + 120)
+
+            replay = sign_headers(derive_key(TOKEN), "GET", block_path)
+            assert (await raw_request(url, "GET", block_path, signed=False, headers=replay))[0] == 200
+            assert "replayed" in await expect(url, 401, "GET", block_path, signed=False, headers=replay)
+            # A replay with a fresh nonce but the old signature is a forgery.
+            renonced = dict(replay, **{NONCE_HEADER: "1" * 32})
+            assert await expect(url, 401, "GET", block_path, signed=False, headers=renonced) == "signature mismatch"
+
+            # Signed but malformed: 400, never a file outside the store.
+            for path in (
+                f"/v1/stores/{repo.upper()}/blocks/{block_id}",
+                f"/v1/stores/{repo}/blocks/{block_id.upper()}",
+                f"/v1/stores/{repo}/blocks/{block_id}0",
+                f"/v1/stores/%2e%2e/blocks/{block_id}",
+                f"/v1/stores/{repo}/blocks/..%2f..%2f..%2fetc%2fpasswd",
+                f"/v1/libraries/{repo}/commits/{head[:39]}",
+                "/v1/libraries/not-a-library",
+            ):
+                assert (await expect(url, 400, "GET", path)).startswith("malformed")
+            for bad_body in (b"not json", b'{"a": 1}', json.dumps([head.upper()]).encode(), b'["../x"]', b"[1]"):
+                await expect(url, 400, "POST", fs_path, body=bad_body)
+            too_many = json.dumps(["a" * 40] * (MAX_FS_BATCH + 1)).encode()
+            await expect(url, 400, "POST", fs_path, body=too_many)
+            assert "too large" in await expect(url, 413, "POST", fs_path, body=b"[" + b" " * (2 << 20) + b"]")
+            await expect(url, 404, "GET", "/v1/nothing-here")
+            assert (await raw_request(url, "DELETE", block_path))[0] == 405
+
+    asyncio.run(scenario())
+
+
+def test_fs_batches_are_framed_like_pack_fs_and_end_with_a_count(primary, lab):
+    repo = primary.create_library("pack", "alice@example.com")
+    primary.put_files(repo, {"a.txt": b"a", "b/c.txt": b"c"})
+    fs_ids = sorted(check_closure(lab.primary.seafile_data_dir, repo, repo, primary.head(repo)).fs)
+
+    async def scenario():
+        async with serving(lab) as (server, _):
+            wanted = [*fs_ids, "d" * 40, fs_ids[0]]
+            status, body, headers = await raw_request(
+                server.url, "POST", f"/v1/stores/{repo}/fs", body=json.dumps(wanted).encode()
+            )
+            assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+            frames = parse_pack(body, set(wanted))
+            assert set(frames) == set(fs_ids)
+            first_id, first_len = body[:40].decode(), int.from_bytes(body[40:44], "big")
+            assert first_id in fs_ids and first_len == len(frames[first_id])
+            assert body[-44:] == b"0" * 40 + len(fs_ids).to_bytes(4, "big")
+            with pytest.raises(Exception, match=r"end frame|ended early"):
+                parse_pack(body[:-1], set(wanted))
+
+    asyncio.run(scenario())
+
+
+def test_a_big_block_streams_and_throughput(primary, lab):
+    repo = primary.create_library("big", "alice@example.com")
+    big = hashlib.sha256(b"seed").digest() * (48 * 1024 * 1024 // 32)
+    big_id = hashlib.sha1(big).hexdigest()
+    primary.store.write(ObjType.BLOCKS, repo, big_id, big, durable=False)
+    bulk = primary.create_library("bulk", "alice@example.com")
+    primary.commit(bulk, list(bulk_files(5000, 64)))
+    fs_ids = sorted(check_closure(lab.primary.seafile_data_dir, bulk, bulk, primary.head(bulk)).fs)
+
+    async def timed(coro):
+        start = time.perf_counter()
+        result = await coro
+        return result, time.perf_counter() - start
+
+    async def scenario():
+        async with serving(lab) as (server, installation):
+            local = LocalSource(installation)
+            async with HttpSource(server.url, TOKEN) as http:
+                status, _, headers = await raw_request(server.url, "GET", f"/v1/stores/{repo}/blocks/{big_id}")
+                assert status == 200 and int(headers["Content-Length"]) == len(big)
+                assert "chunked" not in headers.get("Transfer-Encoding", "")
+                got, t_http = await timed(http.block(repo, big_id))
+                assert got == big
+                same, t_local = await timed(local.block(repo, big_id))
+                assert same == big
+                mib = len(big) / 2**20
+                fs_http, f_http = await timed(http.fs_objects(bulk, fs_ids))
+                fs_local, f_local = await timed(local.fs_objects(bulk, fs_ids))
+                assert fs_http == fs_local and len(fs_http) == len(fs_ids)
+                print(
+                    f"\nblock {mib:.0f} MiB: http {mib / t_http:.0f} MiB/s, local {mib / t_local:.0f} MiB/s"
+                    f"\nfs batch {len(fs_ids)} objects: http {len(fs_ids) / f_http:.0f}/s, "
+                    f"local {len(fs_ids) / f_local:.0f}/s"
+                )
+
+    asyncio.run(scenario())
+
+
+def test_the_library_list_streams_many_libraries(primary, lab):
+    count = 100_000
+    rows = [(f"{i:08x}-0000-4000-8000-{i:012x}",) for i in range(count)]
+    with primary.db.cursor() as cur:
+        cur.executemany("INSERT INTO Repo (repo_id) VALUES (%s)", rows)
+        cur.executemany(
+            "INSERT INTO Branch (name, repo_id, commit_id) VALUES ('master', %s, %s)",
+            [(r, hashlib.sha1(r.encode()).hexdigest()) for (r,) in rows],
+        )
+    primary.db.commit()
+
+    async def scenario():
+        async with serving(lab) as (server, installation), HttpSource(server.url, TOKEN) as http:
+            start = time.perf_counter()
+            listed = [item async for item in http.libraries()]
+            elapsed = time.perf_counter() - start
+            assert listed == [item async for item in LocalSource(installation).libraries()]
+            assert len(listed) == count and listed == sorted(listed)
+            print(f"\nlibrary list: {count} libraries in {elapsed:.2f}s")
+            # Stopping early releases the stream cleanly.
+            async for _ in http.libraries():
+                break
+
+    asyncio.run(scenario())
+
+
+def test_a_token_mismatch_is_named_as_such(primary, lab):
+    async def scenario():
+        async with serving(lab) as (server, _), HttpSource(server.url, OTHER_TOKEN, **FAST) as http:
+            with pytest.raises(AuthenticationError, match="sync_token differs between primary and backup"):
+                await http.library(str(uuid.uuid4()))
+            with pytest.raises(AuthenticationError):
+                [item async for item in http.libraries()]
+            with pytest.raises(InvalidIdError):
+                await http.block("nope", "a" * 40)
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_primary_is_reported_after_retries():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def scenario():
+        async with HttpSource(f"http://127.0.0.1:{port}", TOKEN, retries=2, backoff=0.01) as http:
+            with pytest.raises(UnreachableError, match="unreachable after 3 attempts"):
+                await http.library(str(uuid.uuid4()))
+
+    asyncio.run(scenario())
+
+
+def test_5xx_and_dropped_connections_are_retried_4xx_is_not():
+    calls = {"flaky": 0, "bad": 0, "down": 0}
+
+    async def flaky(request):
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            return web.json_response({"error": "busy"}, status=503)
+        return web.Response(body=b"commit-bytes")
+
+    async def bad(request):
+        calls["bad"] += 1
+        return web.json_response({"error": "malformed commit_id"}, status=400)
+
+    async def down(request):
+        calls["down"] += 1
+        return web.json_response({"error": "database unavailable"}, status=503)
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_get("/v1/libraries/{repo}/commits/{cid}", flaky)
+        app.router.add_get("/v1/stores/{repo}/blocks/{bid}", bad)
+        app.router.add_get("/v1/libraries/{repo}", down)
+        server = await start_server(app)
+        try:
+            async with HttpSource(server.url, TOKEN, retries=3, backoff=0.01) as http:
+                repo = str(uuid.uuid4())
+                assert await http.commit(repo, "a" * 40) == b"commit-bytes"
+                assert calls["flaky"] == 3
+                with pytest.raises(RemoteError, match="400") as info:
+                    await http.block(repo, "a" * 40)
+                assert info.value.status == 400 and calls["bad"] == 1
+                with pytest.raises(RemoteError, match=r"503.*after 4 attempts"):
+                    await http.library(repo)
+                assert calls["down"] == 4
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=seafbackup test",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_https_with_a_self_signed_certificate(primary, lab, tmp_path):
+    repo = primary.create_library("tls", "alice@example.com")
+    primary.put_files(repo, {"t.txt": b"over tls"})
+    cert, key = _self_signed(tmp_path)
+    other_cert, _ = _self_signed(tmp_path / "..")
+
+    async def scenario():
+        async with serving(lab, ssl_context=server_ssl_context(cert, key)) as (server, installation):
+            assert server.url.startswith("https://127.0.0.1:")
+            async with HttpSource(server.url, TOKEN, ca_file=cert) as http:
+                assert [r async for r, _ in http.libraries()] == [repo]
+                meta = await http.library(repo)
+                assert await http.commit(repo, meta.head) == await LocalSource(installation).commit(repo, meta.head)
+            for ca_file in (None, other_cert):  # system CAs, or the wrong CA: refused at once, not retried
+                async with HttpSource(server.url, TOKEN, ca_file=ca_file, retries=3, backoff=1) as http:
+                    start = time.monotonic()
+                    with pytest.raises(TLSError, match="HTTPS to the primary"):
+                        await http.library(repo)
+                    assert time.monotonic() - start < 1
+            # Plain HTTP to the TLS port does not get data either.
+            async with HttpSource(server.url.replace("https", "http"), TOKEN, **FAST) as http:
+                with pytest.raises((UnreachableError, RemoteError)):
+                    await http.library(repo)
+
+    asyncio.run(scenario())
+
+
+def test_notify_reaches_the_callback_only_when_signed():
+    received: list[tuple[str, str | None]] = []
+
+    async def on_notify(repo_id: str, head: str | None) -> None:
+        received.append((repo_id, head))
+
+    async def scenario():
+        server = await start_server(create_backup_app(TOKEN, on_notify))
+        try:
+            repo = str(uuid.uuid4())
+            async with NotifyClient(server.url, TOKEN) as client:
+                await client.notify(repo, "a" * 40)
+                await client.notify(repo, None)
+                with pytest.raises(InvalidIdError):
+                    await client.notify(repo, "A" * 40)
+            async with NotifyClient(server.url, OTHER_TOKEN, **FAST) as client:
+                with pytest.raises(AuthenticationError, match="sync_token differs"):
+                    await client.notify(repo, "b" * 40)
+            for body in (b"{}", json.dumps({"repo_id": repo, "head": "zz"}).encode(), b"[]", b"nope"):
+                assert (await raw_request(server.url, "POST", "/v1/notify", body=body))[0] == 400
+            assert (await raw_request(server.url, "POST", "/v1/notify", body=b"{}", signed=False))[0] == 401
+            status, body, _ = await raw_request(server.url, "GET", "/v1/health", signed=False)
+            assert status == 200 and json.loads(body)["role"] == "backup"
+            assert received == [(repo, "a" * 40), (repo, None)]
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_token_never_reaches_the_logs(primary, lab, caplog):
+    caplog.set_level(logging.DEBUG)
+    repo = primary.create_library("logs", "alice@example.com")
+    primary.put_files(repo, {"a.txt": b"a"})
+
+    async def scenario():
+        async with serving(lab) as (server, _):
+            async with HttpSource(server.url, TOKEN, **FAST) as http:
+                assert TOKEN not in repr(http)
+                meta = await http.library(repo)
+                await http.commit(repo, meta.head)
+                [item async for item in http.libraries()]
+            async with HttpSource(server.url, OTHER_TOKEN, **FAST) as http:
+                with pytest.raises(AuthenticationError):
+                    await http.library(repo)
+            await raw_request(server.url, "GET", f"/v1/libraries/{repo}", signed=False)
+
+    asyncio.run(scenario())
+    text = caplog.text
+    assert "seafbackup_agent.transport.access" in {r.name for r in caplog.records}
+    assert "rejected GET" in text
+    for secret in (TOKEN, OTHER_TOKEN, derive_key(TOKEN).hex(), derive_key(OTHER_TOKEN).hex()):
+        assert secret not in text
