@@ -73,3 +73,22 @@ def backup(lab: Lab) -> Iterator[SeafileServer]:
     host = lab.backup
     with SeafileServer(host.seafile_conf_dir, host.seafile_data_dir, block_size=64 * 1024) as server:
         yield server
+
+
+def root_sql(host, *statements):
+    conn = host.mariadb.root_connection()
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def backup_db_privileges(lab):
+    # What setup_backup.yml grants on the backup: the agent writes with sql_log_bin=0.
+    root_sql(lab.backup, "GRANT BINLOG ADMIN ON *.* TO 'seafile'@'%'")
+    yield
+    root_sql(lab.backup, "REVOKE BINLOG ADMIN ON *.* FROM 'seafile'@'%'")

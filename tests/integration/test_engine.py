@@ -23,26 +23,8 @@ from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.result import NotDescendantError, Outcome, SourceObjectError, SyncError
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_lab.writer import Delete, Mkdir, Put, Rename, bulk_files
+from tests.conftest import root_sql as _root_sql
 from tests.seafile_checks import check_closure, head_files
-
-
-def _root_sql(host, *statements):
-    conn = host.mariadb.root_connection()
-    try:
-        with conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def backup_db_privileges(lab):
-    # What setup_backup.yml grants on the backup: the agent writes with sql_log_bin=0.
-    _root_sql(lab.backup, "GRANT BINLOG ADMIN ON *.* TO 'seafile'@'%'")
-    yield
-    _root_sql(lab.backup, "REVOKE BINLOG ADMIN ON *.* FROM 'seafile'@'%'")
 
 
 class Pair:

@@ -1,0 +1,222 @@
+"""The agent service end to end on the lab: primary agent -> HTTP -> backup agent -> database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from seafbackup_agent.cli.agent_cmds import format_status
+from seafbackup_lab.writer import Put, bulk_files
+from tests.conftest import root_sql as _root_sql
+from tests.seafile_checks import check_closure, head_files
+
+TOKEN = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _set_backup_section(conf_dir: Path, section: str) -> None:
+    path = conf_dir / "seafile.conf"
+    text = path.read_text().split("\n[backup]\n")[0].rstrip("\n") + "\n"
+    path.write_text(text + ("\n[backup]\n" + section if section else ""))
+
+
+class Agents:
+    def __init__(self, lab, tmp: Path):
+        self.lab = lab
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen] = {}
+        p, b = lab.primary.address, lab.backup.address
+        _set_backup_section(lab.primary.seafile_conf_dir,
+                            f"backup_url = http://{b}:8091\nsync_token = {TOKEN}\nlisten = {p}:8090\n")
+        _set_backup_section(lab.backup.seafile_conf_dir,
+                            f"primary_url = http://{p}:8090\nsync_token = {TOKEN}\nsync_poll_interval = 0.002\n"
+                            f"listen = {b}:8091\nstate_dir = {tmp / 'state'}\nworkers = 2\n")
+
+    def start(self, name: str) -> None:
+        host = self.lab.hosts[name]
+        log = open(self.tmp / f"{name}-agent.log", "ab")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "seafbackup_agent.cli.main", "-v", "agent", "--conf-dir",
+             str(host.seafile_conf_dir), "--data-dir", str(host.seafile_data_dir)],
+            stdout=log, stderr=log)
+        log.close()
+        if name == "backup":
+            deadline = time.monotonic() + 15
+            while not (self.tmp / "state/agent.sock").exists():
+                assert time.monotonic() < deadline, self.log("backup")
+                time.sleep(0.02)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        return proc.wait(timeout=30)
+
+    def cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "seafbackup_agent.cli.main", *args, "--conf-dir",
+                                 str(self.lab.backup.seafile_conf_dir)], capture_output=True, text=True)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def status(self) -> dict:
+        return json.loads(self.cmd("status", "--json").stdout)
+
+    def wait_synchronized(self, expected_total: int, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.cmd("status", "--json", check=False)
+            if result.returncode == 0:
+                doc = json.loads(result.stdout)
+                if doc["total"] == expected_total and doc["counts"]["synchronized"] == expected_total:
+                    return doc
+            time.sleep(0.1)
+        raise AssertionError(f"not synchronized in {timeout}s: {self.cmd('status', check=False).stdout}")
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}-agent.log").read_text()
+
+
+@pytest.fixture
+def agents(lab, backup_db_privileges, tmp_path):
+    a = Agents(lab, tmp_path)
+    yield a
+    for name in list(a.procs):
+        a.stop(name, signal.SIGKILL)
+    for host in lab.hosts.values():
+        _set_backup_section(host.seafile_conf_dir, "")
+
+
+def _backup_head(lab, repo):
+    rows = _root_sql(lab.backup, f"SELECT commit_id FROM seafile_db.Branch WHERE repo_id='{repo}'")
+    return rows[0][0] if rows else None
+
+
+def _wait_head(lab, repo, head, timeout=20.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if _backup_head(lab, repo) == head:
+            return time.monotonic() - start
+        time.sleep(0.01)
+    raise AssertionError(f"backup head of {repo} did not reach {head} in {timeout}s")
+
+
+def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
+    repos = [primary.create_library(f"lib{i}", "alice@example.com") for i in range(3)]
+    primary.put_files(repos[0], {"a.txt": b"a", "d/b.bin": os.urandom(100_000)})
+    agents.start("primary")
+    agents.start("backup")
+    doc = agents.wait_synchronized(3)
+    assert doc["counts"] == {"synchronized": 3, "waiting": 0, "syncing": 0, "failed": 0}
+
+    delays = []
+    for i in range(20):
+        head = primary.commit(repos[i % 3], [Put(f"f{i}.txt", os.urandom(1000))])
+        delays.append(_wait_head(lab, repos[i % 3], head))
+    delays.sort()
+    print(f"\nhead move -> backup: p50 {statistics.median(delays) * 1000:.0f} ms, "
+          f"p99 {delays[-1] * 1000:.0f} ms over {len(delays)} commits")
+    for repo in repos:
+        check_closure(lab.backup.seafile_data_dir, repo, repo, _backup_head(lab, repo))
+        assert head_files(lab.backup.seafile_data_dir, repo, repo, _backup_head(lab, repo)) == head_files(
+            lab.primary.seafile_data_dir, repo, repo, primary.head(repo))
+
+    # A library created, one deleted, a virtual repo, a history-limited library.
+    new = primary.create_library("new", "alice@example.com")
+    primary.delete_library(repos[2])
+    vrepo = primary.create_virtual_repo(repos[0], "d", "shared d", "bob@example.com")
+    primary.set_history_limit(repos[1], 7)
+    primary.commit(repos[1], [Put("limited.txt", b"x")])
+    agents.wait_synchronized(4)
+    assert _backup_head(lab, new) == primary.head(new)
+    assert _backup_head(lab, repos[2]) is None
+    assert _backup_head(lab, vrepo) == primary.head(vrepo)
+    check_closure(lab.backup.seafile_data_dir, vrepo, repos[0], primary.head(vrepo))
+
+    text = agents.cmd("status").stdout
+    assert text.startswith("Total number of libraries: 4\nNumber of synchronized libraries: 4\n")
+    assert "List of libraries failed to sync:" in text
+    metrics = subprocess.run(["curl", "-s", "--unix-socket", str(agents.tmp / "state/agent.sock"),
+                              "http://agent/metrics"], capture_output=True, text=True).stdout
+    assert 'seafbackup_libraries{state="synchronized"} 4.0' in metrics
+    assert TOKEN not in agents.log("primary") + agents.log("backup")
+
+    assert agents.stop("backup") == 0  # SIGTERM: orderly shutdown
+    assert agents.stop("primary") == 0
+    assert not (agents.tmp / "state/agent.sock").exists()
+
+
+def test_poll_catches_up_when_notifications_are_lost(primary, lab, agents):
+    repo = primary.create_library("polled", "alice@example.com")
+    agents.start("primary")
+    agents.start("backup")
+    agents.wait_synchronized(1)
+    # The primary agent is down while the head moves: when it comes back it starts from the current
+    # heads, so this change is never notified. Only the poll (every 0.002 h = 7.2 s) can find it.
+    agents.stop("primary")
+    head = primary.commit(repo, [Put("while-away.txt", b"x")])
+    agents.start("primary")
+    waited = _wait_head(lab, repo, head, timeout=20)
+    print(f"\npoll caught the unnotified change after {waited:.1f}s")
+
+
+def test_kill_9_mid_sync_then_restart_is_consistent_and_complete(primary, lab, agents):
+    repos = [primary.create_library(f"big{i}", "alice@example.com") for i in range(2)]
+    for i, repo in enumerate(repos):
+        primary.commit(repo, list(bulk_files(2000, 4000, seed=i)))
+    agents.start("primary")
+    agents.start("backup")
+    time.sleep(1.5)
+    agents.stop("backup", signal.SIGKILL)
+    for repo in repos:
+        head = _backup_head(lab, repo)
+        if head:
+            check_closure(lab.backup.seafile_data_dir, repo, repo, head)
+    agents.start("backup")
+    agents.wait_synchronized(2, timeout=60)
+    for repo in repos:
+        assert head_files(lab.backup.seafile_data_dir, repo, repo, primary.head(repo)) == head_files(
+            lab.primary.seafile_data_dir, repo, repo, primary.head(repo))
+
+
+def test_status_and_sync_force_with_a_corrupt_block_on_the_primary(primary, lab, agents):
+    good = primary.create_library("good", "alice@example.com")
+    bad = primary.create_library("bad", "alice@example.com")
+    primary.put_files(bad, {"ok.txt": b"fine", "broken.bin": b"will be corrupted"})
+    [block] = [p for p in (lab.primary.seafile_data_dir / "storage/blocks" / bad).rglob("*")
+               if p.is_file() and p.read_bytes() == b"will be corrupted"]
+    block.write_bytes(b"corrupted on disk")
+    agents.start("primary")
+    agents.start("backup")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        doc = agents.status()
+        if doc["counts"]["failed"] == 1 and doc["counts"]["synchronized"] == 1:
+            break
+        time.sleep(0.1)
+    text = format_status(doc)
+    assert text.splitlines()[-1] == bad
+    failed = next(lib for lib in doc["libraries"] if lib["repo_id"] == bad)
+    assert "does not match its id" in failed["reason"]
+    assert _backup_head(lab, bad) is None and _backup_head(lab, good) == primary.head(good)
+
+    result = agents.cmd("sync", bad, check=False)
+    assert result.returncode == 1 and "failed to sync" in result.stderr and block.parent.name in result.stderr
+    result = agents.cmd("sync", "--force", bad)
+    assert "synchronized" in result.stdout and "skipped block object" in result.stdout
+    assert _backup_head(lab, bad) == primary.head(bad)
+    assert agents.status()["counts"]["failed"] == 0
+
+    bad_id = agents.cmd("sync", "not-a-uuid", check=False)
+    assert bad_id.returncode == 2 and "malformed library id" in bad_id.stderr
+
+
+def test_commands_say_when_the_agent_is_not_running(lab, agents):
+    result = agents.cmd("status", check=False)
+    assert result.returncode == 4 and "agent is not running" in result.stderr
