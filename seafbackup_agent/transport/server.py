@@ -64,6 +64,7 @@ NotifyCallback = Callable[[str, str | None], Awaitable[None]]
 VERIFIER = web.AppKey("verifier", RequestVerifier)
 INSTALLATION = web.AppKey("installation", SeafileInstallation)
 NOTIFY = web.AppKey("notify", Callable)  # type: ignore[arg-type]
+MAX_BODY = web.AppKey("max_body", int)
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -160,7 +161,7 @@ async def _authenticate(request: web.Request, handler: Callable[[web.Request], A
     verifier = request.app[VERIFIER]
     try:
         verifier.check_headers(request.headers)
-        if request.content_length is not None and request.content_length > request.app._client_max_size:
+        if request.content_length is not None and request.content_length > request.app[MAX_BODY]:
             return _error(413, "request body too large")
         body = await request.read()
         verifier.verify(request.method, request.raw_path, request.headers, body)
@@ -186,6 +187,7 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
 def _base_app(token: str, *, window: float, max_body: int) -> web.Application:
     app = web.Application(client_max_size=max_body, middlewares=[_authenticate])
     app[VERIFIER] = RequestVerifier(token, window=window)
+    app[MAX_BODY] = max_body
     app.on_response_prepare.append(_hide_server_version)
     return app
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from seafbackup_agent.sync.source import LocalSource
 from seafbackup_agent.transport.client import HttpSource, NotifyClient, parse_pack
 from seafbackup_agent.transport.errors import (
     AuthenticationError,
+    ProtocolError,
     RemoteError,
     TLSError,
     UnreachableError,
@@ -465,3 +467,68 @@ def test_the_token_never_reaches_the_logs(primary, lab, caplog):
     assert "rejected GET" in text
     for secret in (TOKEN, OTHER_TOKEN, derive_key(TOKEN).hex(), derive_key(OTHER_TOKEN).hex()):
         assert secret not in text
+
+
+def test_an_incomplete_list_or_batch_is_an_error_not_missing_objects():
+    repo = str(uuid.uuid4())
+    line = json.dumps({"repo_id": repo, "head": "a" * 40}).encode() + b"\n"
+    answers = {
+        "cut": line,
+        "miscounted": line + b'{"end": true, "count": 2}\n',
+        "failed": line + b'{"error": "database error during the list"}\n',
+    }
+
+    async def scenario():
+        for name, body in answers.items():
+            app = web.Application()
+
+            async def libraries(request, body=body):
+                return web.Response(body=body, content_type="application/x-ndjson")
+
+            async def fs(request):
+                return web.Response(body=b"a" * 40 + (3).to_bytes(4, "big") + b"xyz")  # no end frame
+
+            app.router.add_get("/v1/libraries", libraries)
+            app.router.add_post("/v1/stores/{store}/fs", fs)
+            server = await start_server(app)
+            try:
+                async with HttpSource(server.url, TOKEN, **FAST) as http:
+                    seen = []
+                    with pytest.raises((ProtocolError, RemoteError)):
+                        async for item in http.libraries():
+                            seen.append(item)
+                    assert seen == [(repo, "a" * 40)], name
+                    with pytest.raises(ProtocolError, match="end frame"):
+                        await http.fs_objects(repo, ["a" * 40])
+            finally:
+                await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_database_outage_is_a_503_and_the_client_says_so(lab):
+    installation = SeafileInstallation.open(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    conf = dataclasses.replace(
+        installation.conf,
+        database=dataclasses.replace(installation.conf.database, host="127.0.0.1", port=dead_port, unix_socket=None),
+    )
+    broken = dataclasses.replace(installation, conf=conf)
+
+    async def scenario():
+        server = await start_server(create_primary_app(broken, TOKEN))
+        try:
+            status, body, _ = await raw_request(server.url, "GET", f"/v1/libraries/{uuid.uuid4()}")
+            assert status == 503 and json.loads(body) == {"error": "database unavailable"}
+            async with HttpSource(server.url, TOKEN, **FAST) as http:
+                with pytest.raises(RemoteError, match="database unavailable"):
+                    await http.library(str(uuid.uuid4()))
+                with pytest.raises(RemoteError, match="database unavailable"):
+                    [item async for item in http.libraries()]
+        finally:
+            await server.close()
+            installation.close()
+
+    asyncio.run(scenario())
