@@ -95,6 +95,26 @@ class _SignedClient:
             await self._session.close()
             self._session = None
 
+    async def check(self) -> dict[str, Any]:
+        """A signed health check: the peer is reachable, is the expected side, and shares our token.
+        Raises the same errors as any request (AuthenticationError, UnreachableError, TLSError, ...)."""
+
+        async def read(response: aiohttp.ClientResponse) -> Any:
+            return json.loads(await response.read())
+
+        try:
+            doc = await self._call("GET", "/v1/health", read)
+        except ValueError as exc:
+            raise ProtocolError(f"{self.base_url} does not answer like a seafbackup agent") from exc
+        if not isinstance(doc, dict) or doc.get("authenticated") is not True:
+            raise ProtocolError(f"{self.base_url} does not answer like a seafbackup agent")
+        if doc.get("role") != self.peer:
+            raise ProtocolError(
+                f"{self.base_url} is the {doc.get('role')}'s agent, not the {self.peer}'s",
+                hint="primary_url must point at the primary, backup_url at the backup",
+            )
+        return doc
+
     def _url(self, path: str) -> URL:
         return self._base.with_path(self._base.path.rstrip("/") + path, encoded=True)
 

@@ -134,6 +134,7 @@ def test_http_source_returns_exactly_what_local_source_returns(primary, lab):
         async with serving(lab) as (server, installation):
             local = LocalSource(installation)
             async with HttpSource(server.url, TOKEN, fs_batch=7) as http:  # small batches: many requests
+                assert (await http.check())["role"] == "primary"
                 return await _same_answers(http, local, lab.primary.seafile_data_dir, libs)
 
     assert asyncio.run(scenario()) > 30
@@ -143,7 +144,8 @@ def test_health_is_open_and_the_server_hides_its_version(primary, lab):
     async def scenario():
         async with serving(lab) as (server, _):
             status, body, headers = await raw_request(server.url, "GET", "/v1/health", signed=False)
-            assert status == 200 and json.loads(body)["status"] == "ok"
+            assert status == 200 and json.loads(body)["status"] == "ok" and not json.loads(body)["authenticated"]
+            assert (await raw_request(server.url, "GET", "/v1/health", token=OTHER_TOKEN))[0] == 401
             assert headers["Server"] == "seafbackup"
             status, _, headers = await raw_request(server.url, "GET", "/v1/libraries", signed=False)
             assert status == 401 and headers["Server"] == "seafbackup"
@@ -314,6 +316,8 @@ def test_a_token_mismatch_is_named_as_such(primary, lab):
     async def scenario():
         async with serving(lab) as (server, _), HttpSource(server.url, OTHER_TOKEN, **FAST) as http:
             with pytest.raises(AuthenticationError, match="sync_token differs between primary and backup"):
+                await http.check()
+            with pytest.raises(AuthenticationError, match="sync_token differs between primary and backup"):
                 await http.library(str(uuid.uuid4()))
             with pytest.raises(AuthenticationError):
                 [item async for item in http.libraries()]
@@ -425,10 +429,14 @@ def test_notify_reaches_the_callback_only_when_signed():
         try:
             repo = str(uuid.uuid4())
             async with NotifyClient(server.url, TOKEN) as client:
+                assert (await client.check())["authenticated"] is True
                 await client.notify(repo, "a" * 40)
                 await client.notify(repo, None)
                 with pytest.raises(InvalidIdError):
                     await client.notify(repo, "A" * 40)
+            async with HttpSource(server.url, TOKEN) as wrong_side:
+                with pytest.raises(ProtocolError, match="is the backup's agent, not the primary's"):
+                    await wrong_side.check()
             async with NotifyClient(server.url, OTHER_TOKEN, **FAST) as client:
                 with pytest.raises(AuthenticationError, match="sync_token differs"):
                     await client.notify(repo, "b" * 40)
