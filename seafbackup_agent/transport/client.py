@@ -95,6 +95,26 @@ class _SignedClient:
             await self._session.close()
             self._session = None
 
+    async def check(self) -> dict[str, Any]:
+        """A signed health check: the peer is reachable, is the expected side, and shares our token.
+        Raises the same errors as any request (AuthenticationError, UnreachableError, TLSError, ...)."""
+
+        async def read(response: aiohttp.ClientResponse) -> Any:
+            return json.loads(await response.read())
+
+        try:
+            doc = await self._call("GET", "/v1/health", read)
+        except ValueError as exc:
+            raise ProtocolError(f"{self.base_url} does not answer like a seafbackup agent") from exc
+        if not isinstance(doc, dict) or doc.get("authenticated") is not True:
+            raise ProtocolError(f"{self.base_url} does not answer like a seafbackup agent")
+        if doc.get("role") != self.peer:
+            raise ProtocolError(
+                f"{self.base_url} is the {doc.get('role')}'s agent, not the {self.peer}'s",
+                hint="primary_url must point at the primary, backup_url at the backup",
+            )
+        return doc
+
     def _url(self, path: str) -> URL:
         return self._base.with_path(self._base.path.rstrip("/") + path, encoded=True)
 
@@ -232,26 +252,19 @@ class HttpSource(_SignedClient):
         """Every library as (repo_id, head), streamed; raises unless the list arrived complete."""
         response: aiohttp.ClientResponse = await self._call("GET", "/v1/libraries", _KEEP_OPEN)
         count = 0
+        pending = b""
         try:
-            async for line in response.content:
-                doc = json.loads(line)
-                if "repo_id" in doc:
-                    repo_id, head = doc["repo_id"], doc["head"]
-                    if not (ids.is_repo_id(repo_id) and ids.is_object_id(head)):
-                        raise ProtocolError(f"library list: malformed entry {line[:120]!r}")
+            async for chunk in response.content.iter_any():
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    entry = _library_line(line, count)
+                    if entry is None:
+                        return
                     count += 1
-                    yield repo_id, head
-                elif doc.get("end"):
-                    if doc.get("count") != count:
-                        raise ProtocolError(f"library list: {count} entries but the primary sent {doc.get('count')}")
-                    return
-                else:
-                    raise RemoteError(f"library list failed on the primary: {doc.get('error')}", status=200)
+                    yield entry
             raise ProtocolError("library list ended early (connection closed before its end marker)")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"library list from {self.base_url} broke off after {count} entries: {exc}") from exc
-        except ValueError as exc:
-            raise ProtocolError(f"library list: a line is not JSON: {exc}") from exc
         finally:
             response.release()
 
@@ -309,6 +322,26 @@ class HttpSource(_SignedClient):
             return await self._call(
                 "GET", f"/v1/stores/{store_id}/blocks/{block_id}", self._optional, ok=(200, 404)
             )
+
+
+def _library_line(line: bytes, count: int) -> tuple[str, str] | None:
+    """One NDJSON line of the library list: an entry, or None for the end marker (checked against count)."""
+    try:
+        doc = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"library list: a line is not JSON: {line[:120]!r}") from exc
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"library list: unexpected line {line[:120]!r}")
+    if "repo_id" in doc:
+        repo_id, head = doc["repo_id"], doc.get("head")
+        if not (ids.is_repo_id(repo_id) and ids.is_object_id(head)):
+            raise ProtocolError(f"library list: malformed entry {line[:120]!r}")
+        return repo_id, head
+    if doc.get("end") is True:
+        if doc.get("count") != count:
+            raise ProtocolError(f"library list: {count} entries but the primary sent {doc.get('count')}")
+        return None
+    raise RemoteError(f"library list failed on the primary: {doc.get('error', line[:120])}", status=200)
 
 
 def parse_pack(data: bytes, requested: set[str]) -> dict[str, bytes]:

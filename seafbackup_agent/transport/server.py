@@ -2,7 +2,8 @@
 
 Routes (all under /v1, all signed except health; see signing.py):
 
-    GET  /v1/health                                  {"status": "ok", "role": ...}
+    GET  /v1/health                                  {"status": "ok", "role": ..., "authenticated": bool}
+                                                     (open; when signed, the signature is checked too)
     GET  /v1/libraries                               NDJSON {"repo_id", "head"} lines, then {"end": true, "count": N}
     GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON; 404 when the library does not exist
     GET  /v1/libraries/<repo_id>/commits/<id>        the commit's stored bytes; 404 when missing
@@ -39,7 +40,13 @@ from seafbackup_agent.seafile.ids import EMPTY_ID, is_object_id, is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library import LibraryRows
 from seafbackup_agent.seafile.storage import ObjType
-from seafbackup_agent.transport.signing import DEFAULT_WINDOW, ReplayCacheFull, RequestVerifier, SignatureError
+from seafbackup_agent.transport.signing import (
+    DEFAULT_WINDOW,
+    SIGNATURE_HEADER,
+    ReplayCacheFull,
+    RequestVerifier,
+    SignatureError,
+)
 
 log = logging.getLogger("seafbackup_agent.transport")
 access_log = logging.getLogger("seafbackup_agent.transport.access")
@@ -64,6 +71,7 @@ NotifyCallback = Callable[[str, str | None], Awaitable[None]]
 VERIFIER = web.AppKey("verifier", RequestVerifier)
 INSTALLATION = web.AppKey("installation", SeafileInstallation)
 NOTIFY = web.AppKey("notify", Callable)  # type: ignore[arg-type]
+MAX_BODY = web.AppKey("max_body", int)
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -155,12 +163,12 @@ ROWS = web.AppKey("rows", RowsPool)
 
 @web.middleware
 async def _authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    if request.path == HEALTH_PATH:
-        return await handler(request)
+    if request.path == HEALTH_PATH and SIGNATURE_HEADER not in request.headers:
+        return await handler(request)  # open for probes; a signed health check also proves the token
     verifier = request.app[VERIFIER]
     try:
         verifier.check_headers(request.headers)
-        if request.content_length is not None and request.content_length > request.app._client_max_size:
+        if request.content_length is not None and request.content_length > request.app[MAX_BODY]:
             return _error(413, "request body too large")
         body = await request.read()
         verifier.verify(request.method, request.raw_path, request.headers, body)
@@ -186,6 +194,7 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
 def _base_app(token: str, *, window: float, max_body: int) -> web.Application:
     app = web.Application(client_max_size=max_body, middlewares=[_authenticate])
     app[VERIFIER] = RequestVerifier(token, window=window)
+    app[MAX_BODY] = max_body
     app.on_response_prepare.append(_hide_server_version)
     return app
 
@@ -207,8 +216,12 @@ def _object_id(request: web.Request, key: str) -> str:
     return value
 
 
-async def _health_primary(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "role": "primary", "api": 1})
+def _health(role: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def health(request: web.Request) -> web.Response:
+        authenticated = SIGNATURE_HEADER in request.headers  # the middleware verified it
+        return web.json_response({"status": "ok", "role": role, "api": 1, "authenticated": authenticated})
+
+    return health
 
 
 def _take(it: Iterator[T], n: int) -> list[T]:
@@ -361,7 +374,7 @@ def create_primary_app(
         await asyncio.to_thread(pool.close)
 
     app.on_cleanup.append(_close_pool)
-    app.router.add_get(HEALTH_PATH, _health_primary)
+    app.router.add_get(HEALTH_PATH, _health("primary"))
     app.router.add_get(f"{API}/libraries", _libraries)
     app.router.add_get(f"{API}/libraries/{{repo_id}}", _library)
     app.router.add_get(f"{API}/libraries/{{repo_id}}/commits/{{commit_id}}", _commit)
@@ -371,10 +384,6 @@ def create_primary_app(
 
 
 # --- backup side ----------------------------------------------------------------------------------
-
-
-async def _health_backup(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "role": "backup", "api": 1})
 
 
 async def _notify(request: web.Request) -> web.Response:
@@ -396,7 +405,7 @@ def create_backup_app(token: str, on_notify: NotifyCallback, *, window: float = 
     head None means the library is gone on the primary."""
     app = _base_app(token, window=window, max_body=64 * 1024)
     app[NOTIFY] = on_notify
-    app.router.add_get(HEALTH_PATH, _health_backup)
+    app.router.add_get(HEALTH_PATH, _health("backup"))
     app.router.add_post(f"{API}/notify", _notify)
     return app
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from seafbackup_agent.sync.source import LocalSource
 from seafbackup_agent.transport.client import HttpSource, NotifyClient, parse_pack
 from seafbackup_agent.transport.errors import (
     AuthenticationError,
+    ProtocolError,
     RemoteError,
     TLSError,
     UnreachableError,
@@ -132,6 +134,7 @@ def test_http_source_returns_exactly_what_local_source_returns(primary, lab):
         async with serving(lab) as (server, installation):
             local = LocalSource(installation)
             async with HttpSource(server.url, TOKEN, fs_batch=7) as http:  # small batches: many requests
+                assert (await http.check())["role"] == "primary"
                 return await _same_answers(http, local, lab.primary.seafile_data_dir, libs)
 
     assert asyncio.run(scenario()) > 30
@@ -141,7 +144,8 @@ def test_health_is_open_and_the_server_hides_its_version(primary, lab):
     async def scenario():
         async with serving(lab) as (server, _):
             status, body, headers = await raw_request(server.url, "GET", "/v1/health", signed=False)
-            assert status == 200 and json.loads(body)["status"] == "ok"
+            assert status == 200 and json.loads(body)["status"] == "ok" and not json.loads(body)["authenticated"]
+            assert (await raw_request(server.url, "GET", "/v1/health", token=OTHER_TOKEN))[0] == 401
             assert headers["Server"] == "seafbackup"
             status, _, headers = await raw_request(server.url, "GET", "/v1/libraries", signed=False)
             assert status == 401 and headers["Server"] == "seafbackup"
@@ -312,6 +316,8 @@ def test_a_token_mismatch_is_named_as_such(primary, lab):
     async def scenario():
         async with serving(lab) as (server, _), HttpSource(server.url, OTHER_TOKEN, **FAST) as http:
             with pytest.raises(AuthenticationError, match="sync_token differs between primary and backup"):
+                await http.check()
+            with pytest.raises(AuthenticationError, match="sync_token differs between primary and backup"):
                 await http.library(str(uuid.uuid4()))
             with pytest.raises(AuthenticationError):
                 [item async for item in http.libraries()]
@@ -423,10 +429,14 @@ def test_notify_reaches_the_callback_only_when_signed():
         try:
             repo = str(uuid.uuid4())
             async with NotifyClient(server.url, TOKEN) as client:
+                assert (await client.check())["authenticated"] is True
                 await client.notify(repo, "a" * 40)
                 await client.notify(repo, None)
                 with pytest.raises(InvalidIdError):
                     await client.notify(repo, "A" * 40)
+            async with HttpSource(server.url, TOKEN) as wrong_side:
+                with pytest.raises(ProtocolError, match="is the backup's agent, not the primary's"):
+                    await wrong_side.check()
             async with NotifyClient(server.url, OTHER_TOKEN, **FAST) as client:
                 with pytest.raises(AuthenticationError, match="sync_token differs"):
                     await client.notify(repo, "b" * 40)
@@ -465,3 +475,68 @@ def test_the_token_never_reaches_the_logs(primary, lab, caplog):
     assert "rejected GET" in text
     for secret in (TOKEN, OTHER_TOKEN, derive_key(TOKEN).hex(), derive_key(OTHER_TOKEN).hex()):
         assert secret not in text
+
+
+def test_an_incomplete_list_or_batch_is_an_error_not_missing_objects():
+    repo = str(uuid.uuid4())
+    line = json.dumps({"repo_id": repo, "head": "a" * 40}).encode() + b"\n"
+    answers = {
+        "cut": line,
+        "miscounted": line + b'{"end": true, "count": 2}\n',
+        "failed": line + b'{"error": "database error during the list"}\n',
+    }
+
+    async def scenario():
+        for name, body in answers.items():
+            app = web.Application()
+
+            async def libraries(request, body=body):
+                return web.Response(body=body, content_type="application/x-ndjson")
+
+            async def fs(request):
+                return web.Response(body=b"a" * 40 + (3).to_bytes(4, "big") + b"xyz")  # no end frame
+
+            app.router.add_get("/v1/libraries", libraries)
+            app.router.add_post("/v1/stores/{store}/fs", fs)
+            server = await start_server(app)
+            try:
+                async with HttpSource(server.url, TOKEN, **FAST) as http:
+                    seen = []
+                    with pytest.raises((ProtocolError, RemoteError)):
+                        async for item in http.libraries():
+                            seen.append(item)
+                    assert seen == [(repo, "a" * 40)], name
+                    with pytest.raises(ProtocolError, match="end frame"):
+                        await http.fs_objects(repo, ["a" * 40])
+            finally:
+                await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_database_outage_is_a_503_and_the_client_says_so(lab):
+    installation = SeafileInstallation.open(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    conf = dataclasses.replace(
+        installation.conf,
+        database=dataclasses.replace(installation.conf.database, host="127.0.0.1", port=dead_port, unix_socket=None),
+    )
+    broken = dataclasses.replace(installation, conf=conf)
+
+    async def scenario():
+        server = await start_server(create_primary_app(broken, TOKEN))
+        try:
+            status, body, _ = await raw_request(server.url, "GET", f"/v1/libraries/{uuid.uuid4()}")
+            assert status == 503 and json.loads(body) == {"error": "database unavailable"}
+            async with HttpSource(server.url, TOKEN, **FAST) as http:
+                with pytest.raises(RemoteError, match="database unavailable"):
+                    await http.library(str(uuid.uuid4()))
+                with pytest.raises(RemoteError, match="database unavailable"):
+                    [item async for item in http.libraries()]
+        finally:
+            await server.close()
+            installation.close()
+
+    asyncio.run(scenario())
