@@ -35,6 +35,11 @@ class BackupSettings:
     workers: int = 2
     state_dir: Path = Path("/var/lib/seafbackup")
     metrics_listen: tuple[str, int] | None = None
+    ssl_cert: Path | None = None
+    """Certificate and key this agent serves HTTPS with (the peer's URL then says https)."""
+    ssl_key: Path | None = None
+    ssl_ca_file: Path | None = None
+    """CA file that signed the peer's certificate, when it is not one the system trusts."""
 
     @property
     def mode(self) -> str:
@@ -117,6 +122,8 @@ def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | N
         raise ConfigError(f"{path}: [backup] sync_poll_interval is not a number of hours") from exc
     if interval <= 0:
         raise ConfigError(f"{path}: [backup] sync_poll_interval must be positive (hours)")
+    if bool(section.get("ssl_cert", "").strip()) != bool(section.get("ssl_key", "").strip()):
+        raise ConfigError(f"{path}: [backup] ssl_cert and ssl_key go together")
     default_port = 8090 if backup_url else 8091
     listen = _address(path, "listen", section.get("listen", f"0.0.0.0:{default_port}"))
     metrics = section.get("metrics_listen", "").strip()
@@ -135,7 +142,19 @@ def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | N
         workers=workers,
         state_dir=Path(section.get("state_dir", "/var/lib/seafbackup")),
         metrics_listen=_address(path, "metrics_listen", metrics) if metrics else None,
+        ssl_cert=_optional_file(path, section, "ssl_cert"),
+        ssl_key=_optional_file(path, section, "ssl_key"),
+        ssl_ca_file=_optional_file(path, section, "ssl_ca_file"),
     )
+
+
+def _optional_file(path: Path, section: configparser.SectionProxy, key: str) -> Path | None:
+    value = section.get(key, "").strip()
+    if not value:
+        return None
+    if not Path(value).is_file():
+        raise ConfigError(f"{path}: [backup] {key} = {value} does not exist")
+    return Path(value)
 
 
 def _address(path: Path, key: str, value: str) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from seafbackup_agent.config import SeafileConf, load_seafile_conf
-from seafbackup_agent.errors import ConfigError
+from seafbackup_agent.errors import ConfigError, SeafBackupError
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.service.backup import BackupOptions, BackupService
 from seafbackup_agent.service.control import create_control_app, create_metrics_app
@@ -19,7 +19,12 @@ from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.primary import ChangeDetector, Notifier
 from seafbackup_agent.service.state import StateStore
 from seafbackup_agent.transport.client import HttpSource, NotifyClient
-from seafbackup_agent.transport.server import create_backup_app, create_primary_app, start_server
+from seafbackup_agent.transport.server import (
+    create_backup_app,
+    create_primary_app,
+    server_ssl_context,
+    start_server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,27 @@ CONTROL_SOCKET = "agent.sock"
 def control_socket_path(conf: SeafileConf) -> Path:
     assert conf.backup is not None
     return conf.backup.state_dir / CONTROL_SOCKET
+
+
+def _server_ssl(conf: SeafileConf):
+    assert conf.backup is not None
+    if conf.backup.ssl_cert and conf.backup.ssl_key:
+        return server_ssl_context(str(conf.backup.ssl_cert), str(conf.backup.ssl_key))
+    return None
+
+
+def _client_options(conf: SeafileConf) -> dict:
+    assert conf.backup is not None
+    return {"ca_file": str(conf.backup.ssl_ca_file)} if conf.backup.ssl_ca_file else {}
+
+
+async def _check_peer(client, what: str) -> None:
+    """Say at start what is wrong with the pairing; keep running either way (the peer may come later)."""
+    try:
+        await client.check()
+        log.info("%s reachable and paired", what)
+    except SeafBackupError as exc:
+        log.error("%s: %s", what, exc)
 
 
 def _install_stop_handlers(stop: asyncio.Event) -> None:
@@ -41,9 +67,11 @@ async def run_primary(conf: SeafileConf, installation: SeafileInstallation, stop
     assert conf.backup is not None
     metrics = AgentMetrics()
     host, port = conf.backup.listen
-    server = await start_server(create_primary_app(installation, conf.backup.sync_token), host, port)
+    server = await start_server(create_primary_app(installation, conf.backup.sync_token), host, port,
+                                ssl_context=_server_ssl(conf))
     log.info("primary agent serving on %s, notifying %s", server.url, conf.backup.backup_url)
-    notify = NotifyClient.from_conf(conf)
+    notify = NotifyClient.from_conf(conf, **_client_options(conf))
+    asyncio.get_running_loop().create_task(_check_peer(notify, "backup agent"))
     notifier = Notifier(notify.notify, metrics)
     detector = ChangeDetector(lambda: SeafileInstallation.open_rows(conf))
     try:
@@ -59,7 +87,8 @@ async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop:
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = StateStore(settings.state_dir / "state.sqlite")
     metrics = AgentMetrics()
-    source = HttpSource.from_conf(conf)
+    source = HttpSource.from_conf(conf, **_client_options(conf))
+    await _check_peer(source, "primary agent")
     data_dir = installation.data_dir
     service = BackupService(
         source,
@@ -69,7 +98,8 @@ async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop:
         BackupOptions(workers=settings.workers, poll_interval_hours=settings.sync_poll_interval_hours),
     )
     host, port = settings.listen
-    notify_server = await start_server(create_backup_app(settings.sync_token, service.notified), host, port)
+    notify_server = await start_server(create_backup_app(settings.sync_token, service.notified), host, port,
+                                       ssl_context=_server_ssl(conf))
     control = web.AppRunner(create_control_app(service), access_log=None)
     await control.setup()
     socket_path = control_socket_path(conf)

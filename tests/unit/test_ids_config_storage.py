@@ -72,3 +72,18 @@ def test_store_writes_atomically_and_lists_only_object_names(tmp_path):
     assert list(store.iter_ids(ObjType.BLOCKS, REPO)) == [oid]
     assert os.listdir(path.parent).count("c" * 38) == 1
     assert store.read(ObjType.BLOCKS, REPO, "ab" + "d" * 38) is None
+
+
+def test_backup_section_extensions(tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    conf = load_seafile_conf(_conf(tmp_path, DB + "[backup]\nbackup_url = https://b:8091\nsync_token = " + "a" * 40
+                                   + f"\nlisten = 10.0.0.1:9000\nworkers = 4\nssl_cert = {cert}\nssl_key = {cert}\n"))
+    assert conf.backup.mode == "primary" and conf.backup.listen == ("10.0.0.1", 9000)
+    assert conf.backup.workers == 4 and conf.backup.ssl_cert == cert
+    with pytest.raises(ConfigError, match="go together"):
+        load_seafile_conf(_conf(tmp_path, DB + "[backup]\nbackup_url = https://b\nsync_token = " + "a" * 40
+                                + f"\nssl_cert = {cert}\n"))
+    with pytest.raises(ConfigError, match="host:port"):
+        load_seafile_conf(_conf(tmp_path, DB + "[backup]\nbackup_url = https://b\nsync_token = " + "a" * 40
+                                + "\nlisten = nowhere\n"))

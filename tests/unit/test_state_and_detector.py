@@ -1,0 +1,71 @@
+"""The backup's state store (SQLite) and the primary's change detector, without servers."""
+
+import time
+
+from seafbackup_agent.service.primary import ChangeDetector
+from seafbackup_agent.service.state import BACKOFF_BASE, LibraryState, StateStore
+
+REPO = "96e09ca5-5454-4dfa-9d9e-461eb3e38930"
+
+
+def test_state_transitions_and_backoff(tmp_path):
+    store = StateStore(tmp_path / "s.sqlite")
+    store.waiting(REPO, "a" * 40)
+    assert store.get(REPO).state is LibraryState.WAITING
+    store.syncing(REPO)
+    retry_at = store.failed(REPO, "block x is corrupt")
+    assert retry_at - time.time() > BACKOFF_BASE - 1
+    second = store.failed(REPO, "again")
+    assert second - time.time() > 2 * BACKOFF_BASE - 1
+    status = store.get(REPO)
+    assert (status.state, status.attempts, status.reason) == (LibraryState.FAILED, 2, "again")
+    # A poll that sees the same head leaves a failed library failed; a new head makes it wait again.
+    store.waiting(REPO, "a" * 40)
+    assert store.get(REPO).state is LibraryState.FAILED
+    store.waiting(REPO, "b" * 40)
+    assert store.get(REPO).state is LibraryState.WAITING
+    store.synchronized(REPO, "b" * 40, forced=False)
+    status = store.get(REPO)
+    assert (status.state, status.synced_head, status.attempts) == (LibraryState.SYNCHRONIZED, "b" * 40, 0)
+    assert store.counts()[LibraryState.SYNCHRONIZED] == 1
+    store.synchronized(REPO, None, forced=False)  # deleted on the primary
+    assert store.get(REPO) is None
+
+
+def test_a_library_left_syncing_by_a_killed_agent_is_waiting_again(tmp_path):
+    store = StateStore(tmp_path / "s.sqlite")
+    store.waiting(REPO, "a" * 40)
+    store.syncing(REPO)
+    store.close()
+    assert StateStore(tmp_path / "s.sqlite").get(REPO).state is LibraryState.WAITING
+
+
+class FakeRows:
+    """Stands in for the database only to drive the detector's diff logic; the integration tests run it
+    against MariaDB."""
+
+    def __init__(self):
+        self.heads = {}
+        self.update_time = 1
+
+    def iter_heads(self):
+        return iter(sorted(self.heads.items()))
+
+
+def test_change_detector_diffs_only_when_the_table_changed(monkeypatch):
+    rows = FakeRows()
+    detector = ChangeDetector(lambda: rows)
+    monkeypatch.setattr(detector, "_probe", lambda r: r.update_time)
+    scans = []
+    real_iter = rows.iter_heads
+    rows.iter_heads = lambda: scans.append(1) or real_iter()
+    rows.heads = {"r1": "h1", "r2": "h2"}
+    assert detector.check(rows, now=0.0) == []  # the first scan learns the heads
+    rows.heads["r1"] = "h1b"
+    del rows.heads["r2"]
+    rows.update_time = 2
+    assert sorted(detector.check(rows, now=10.0), key=str) == [("r1", "h1b"), ("r2", None)]
+    # Idle: no change of UPDATE_TIME and past the hot window -> no scan at all.
+    before = len(scans)
+    assert detector.check(rows, now=20.0) == []
+    assert len(scans) == before
