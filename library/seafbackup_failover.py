@@ -1,0 +1,228 @@
+#!/usr/bin/python
+"""Ansible module: the database side of promoting a seafbackup backup server."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: seafbackup_failover
+short_description: Promote a seafbackup backup's database to a standalone, writable primary
+description:
+  - Stops replication and forgets the old primary (the flavour's C(STOP SLAVE)/C(RESET SLAVE ALL) or
+    C(STOP REPLICA)/C(RESET REPLICA ALL)), turns C(read_only) (and C(super_read_only) where it exists) off,
+    and deletes the sync tokens (C(RepoUserToken), C(RepoTokenPeerInfo)) of the libraries that had failed
+    to sync, so that their desktop clients resync instead of uploading onto stale history. Seafile caches
+    tokens for two hours, so run this before Seafile starts on the promoted host.
+  - Compares with the current state first and only runs what is needed; a second run changes nothing.
+  - In check mode it runs nothing and returns the statements it would run.
+version_added: "0.1.0"
+author: seafbackup developers
+options:
+  login_unix_socket:
+    description: Unix socket of the backup's database server.
+    type: path
+  login_host:
+    description: Host of the database server when no socket is given.
+    type: str
+    default: localhost
+  login_port:
+    description: Port of the database server.
+    type: int
+    default: 3306
+  login_user:
+    description: An administrative user (replication admin, SUPER or equivalent).
+    type: str
+    default: root
+  login_password:
+    description: Password of O(login_user).
+    type: str
+  seafile_db:
+    description: Name of Seafile's C(seafile) database.
+    type: str
+    default: seafile_db
+  failed_libraries:
+    description: Ids of the libraries whose sync tokens are deleted (those the backup could not bring up to date).
+    type: list
+    elements: str
+    default: []
+attributes:
+  check_mode:
+    support: full
+    description: Reads the state and returns the statements it would run, changing nothing.
+  diff_mode:
+    support: none
+requirements:
+  - PyMySQL on the host
+"""
+
+EXAMPLES = r"""
+- name: Promote the backup's database
+  seafbackup_failover:
+    login_unix_socket: /run/mysqld/mysqld.sock
+    seafile_db: seafile_db
+    failed_libraries: "{{ backup_state.failed | map(attribute='repo_id') | list }}"
+  register: promotion
+"""
+
+RETURN = r"""
+queries:
+  description: The statements run (or, in check mode, that would run), without their parameters' values.
+  returned: always
+  type: list
+  elements: str
+  sample: ["STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0",
+           "DELETE FROM RepoTokenPeerInfo WHERE token IN (...)", "DELETE FROM RepoUserToken WHERE repo_id IN (...)"]
+tokens_deleted:
+  description: Number of sync tokens deleted (or to delete) per library.
+  returned: always
+  type: dict
+  sample: {"3f0d5f5e-0a57-4c43-8d1e-6a31b6e0b6a2": 2}
+replication_before:
+  description: Replication state before the module ran.
+  returned: always
+  type: dict
+  sample: {"configured": true, "source_host": "10.0.0.1", "io_running": "No", "sql_running": "Yes", "read_only": 1}
+replication_after:
+  description: Replication state afterwards (as it would be, in check mode).
+  returned: always
+  type: dict
+  sample: {"configured": false, "read_only": 0}
+"""
+
+import re
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible.module_utils.seafbackup_flavour import describe
+except ImportError:  # pragma: no cover
+    describe = None
+
+try:
+    import pymysql
+
+    HAS_PYMYSQL = True
+except ImportError:  # pragma: no cover
+    HAS_PYMYSQL = False
+
+REPO_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+DB_NAME = re.compile(r"^[A-Za-z0-9_$]+$")
+
+
+def replication_state(cur, flavour):
+    cur.execute(flavour["show_replica_status"])
+    row = cur.fetchone()
+    cur.execute("SELECT @@GLOBAL.read_only AS ro")
+    state = {"read_only": int(cur.fetchone()["ro"])}
+    if flavour["name"] == "mysql":
+        cur.execute("SELECT @@GLOBAL.super_read_only AS sro")
+        state["super_read_only"] = int(cur.fetchone()["sro"])
+    if not row:
+        state["configured"] = False
+        return state
+    cols = flavour["columns"]
+    state.update(
+        configured=True,
+        source_host=row.get(cols["source_host"]),
+        io_running=row.get(cols["io_running"]),
+        sql_running=row.get(cols["sql_running"]),
+        seconds_behind=row.get(cols["seconds_behind"]),
+    )
+    return state
+
+
+def plan(cur, flavour, before, seafile_db, failed):
+    """The statements the promotion needs, as (sql, params) pairs, and the tokens per library."""
+    statements = []
+    if before["configured"]:
+        statements += [(flavour["stop_replica"], None), (flavour["reset_replica_all"], None)]
+    if before.get("super_read_only"):
+        statements.append(("SET GLOBAL super_read_only = 0", None))
+    if before["read_only"]:
+        statements.append(("SET GLOBAL read_only = 0", None))
+    tokens_per_library = {}
+    if failed:
+        marks = ", ".join(["%s"] * len(failed))
+        cur.execute(
+            f"SELECT repo_id, token FROM `{seafile_db}`.RepoUserToken WHERE repo_id IN ({marks})", failed
+        )
+        rows = cur.fetchall()
+        tokens = [r["token"] for r in rows]
+        for r in rows:
+            tokens_per_library[r["repo_id"]] = tokens_per_library.get(r["repo_id"], 0) + 1
+        if tokens:
+            token_marks = ", ".join(["%s"] * len(tokens))
+            statements.append(
+                (f"DELETE FROM `{seafile_db}`.RepoTokenPeerInfo WHERE token IN ({token_marks})", tokens)
+            )
+            statements.append((f"DELETE FROM `{seafile_db}`.RepoUserToken WHERE repo_id IN ({marks})", failed))
+    return statements, tokens_per_library
+
+
+def _shown(sql):
+    return re.sub(r"\((%s(, )?)+\)", "(...)", sql)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "login_unix_socket": {"type": "path"},
+            "login_host": {"type": "str", "default": "localhost"},
+            "login_port": {"type": "int", "default": 3306},
+            "login_user": {"type": "str", "default": "root"},
+            "login_password": {"type": "str", "no_log": True},
+            "seafile_db": {"type": "str", "default": "seafile_db"},
+            "failed_libraries": {"type": "list", "elements": "str", "default": []},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not HAS_PYMYSQL:
+        module.fail_json(msg=missing_required_lib("PyMySQL"))
+    if describe is None:
+        module.fail_json(msg="module_utils seafbackup_flavour is missing")
+    if not DB_NAME.match(p["seafile_db"]):
+        module.fail_json(msg=f"seafile_db {p['seafile_db']!r} is not a database name")
+    bad = [r for r in p["failed_libraries"] if not REPO_ID.match(r)]
+    if bad:
+        module.fail_json(msg=f"malformed library ids: {', '.join(bad)}")
+    failed = sorted(set(p["failed_libraries"]))
+    try:
+        conn = pymysql.connect(
+            unix_socket=p["login_unix_socket"], host=p["login_host"], port=p["login_port"], user=p["login_user"],
+            password=p["login_password"] or "", connect_timeout=5, autocommit=True,
+            cursorclass=pymysql.cursors.DictCursor,
+        )
+    except pymysql.MySQLError as exc:
+        module.fail_json(msg=f"cannot connect to the backup's database server: {exc}")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT VERSION() AS v")
+            flavour = describe(cur.fetchone()["v"])
+            if not flavour.get("supported"):
+                module.fail_json(msg=flavour["problem"])
+            before = replication_state(cur, flavour)
+            statements, tokens = plan(cur, flavour, before, p["seafile_db"], failed)
+            result = {
+                "changed": bool(statements),
+                "queries": [_shown(sql) for sql, _ in statements],
+                "tokens_deleted": tokens,
+                "replication_before": before,
+            }
+            if module.check_mode:
+                after = {k: v for k, v in before.items() if k in ("read_only", "super_read_only")}
+                after.update({k: 0 for k in after}, configured=False)
+                module.exit_json(replication_after=after, **result)
+            for sql, params in statements:
+                try:
+                    cur.execute(sql, params)
+                except pymysql.MySQLError as exc:
+                    module.fail_json(msg=f"{_shown(sql)} failed: {exc}", **result)
+            result["replication_after"] = replication_state(cur, flavour)
+    finally:
+        conn.close()
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
