@@ -16,6 +16,9 @@ from seafbackup_lab.mariadb import MariaDBPaths, MariaDBServer
 DATABASES = ("ccnet_db", "seafile_db", "seahub_db")
 SEAFILE_DB_USER = "seafile"
 DEFAULT_ADDRESSES = {"primary": "127.0.0.11", "backup": "127.0.0.12"}
+SERVER_IDS = {"primary": 1, "backup": 2}
+# The lab's replication password: a lab secret, committed on purpose (production keeps it in a vault).
+LAB_REPLICATION_PASSWORD = "lab-replication-secret"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,6 +95,7 @@ class Lab:
             server.start()
             self._provision_databases(host)
             self._write_seafile_conf(host)
+            (host.root / "var/tmp").mkdir(parents=True, exist_ok=True)
         self.write_inventory(self.dir / "inventory.yml")
 
     def down(self) -> None:
@@ -193,6 +197,9 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None) -> str:
         f'    seafbackup_lab_dir: "{lab_dir}"',
         '    seafbackup_lab_cmd: "{{ ansible_playbook_python | dirname }}/seafbackup-lab --lab-dir '
         '{{ seafbackup_lab_dir }}"',
+        "    seafbackup_seafile_user: root",
+        f"    seafbackup_replication_password: {LAB_REPLICATION_PASSWORD}",
+        "    seafbackup_replication_seed_connect_retry: 1",
         "  children:",
     ]
     for group, name in (("seafile_primary", "primary"), ("seafile_backup", "backup")):
@@ -207,6 +214,9 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None) -> str:
             '          seafbackup_mysql_conf_d: "{{ seafbackup_host_root }}/etc/mysql/conf.d"',
             '          seafbackup_seafile_conf_dir: "{{ seafbackup_host_root }}/opt/seafile/conf"',
             '          seafbackup_seafile_data_dir: "{{ seafbackup_host_root }}/opt/seafile/seafile-data"',
-            f'          seafbackup_mysql_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} mysql"',
+            f"          seafbackup_mysql_server_id: {SERVER_IDS[name]}",
+            f'          seafbackup_mysql_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} mysql {{action}}"',
+            f'          seafbackup_seafile_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} seafile {{action}}"',
+            '          seafbackup_tmp_dir: "{{ seafbackup_host_root }}/var/tmp"',
         ]
     return "\n".join(lines) + "\n"
