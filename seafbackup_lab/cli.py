@@ -10,8 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from seafbackup_lab.lab import Lab, default_lab_dir
+from seafbackup_lab.lab import Lab, default_lab_dir, render_inventory
 from seafbackup_lab.mariadb import LabError
+from seafbackup_lab.sshd import LabSSH
 from seafbackup_lab.writer import Put, SeafileServer
 
 
@@ -84,6 +85,20 @@ def _seafile_service(lab: Lab, args: argparse.Namespace, console: Console) -> in
     return 0
 
 
+def _cmd_sshd(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    ssh = LabSSH(lab.dir, lab.addresses)
+    if args.action == "up":
+        ssh.up()
+        for connection in ("ssh", "paramiko"):
+            path = lab.dir / f"inventory-{connection}.yml"
+            path.write_text(render_inventory(lab, connection=connection, ssh_key=ssh.client_key))
+            console.print(f"{connection} inventory: {path}")
+    else:
+        ssh.down()
+        console.print("sshd stopped")
+    return 0
+
+
 def _cmd_seafile(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     with _server(lab, args.host) as server:
         if args.seafile_cmd == "create":
@@ -123,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("service", choices=("mysql", "seafile"))
     service.add_argument("action", choices=("start", "stop", "restart", "status"))
     service.set_defaults(func=_cmd_service)
+
+    sshd = sub.add_parser("sshd", help="start/stop an sshd on each host's address, port 2222 (key auth)")
+    sshd.add_argument("action", choices=("up", "down"))
+    sshd.set_defaults(func=_cmd_sshd)
 
     seafile = sub.add_parser("seafile", help="act like a Seafile server on a lab host")
     seafile.add_argument("--host", choices=("primary", "backup"), default="primary")
