@@ -14,7 +14,7 @@ def _yaml(path):
 
 
 def test_the_roles_are_there():
-    assert {"seafbackup_common", "seafbackup_preflight", "seafbackup_mysql_primary", "seafbackup_mysql_replica",
+    assert {"seafbackup", "seafbackup_preflight", "seafbackup_mysql_primary", "seafbackup_mysql_replica",
             "seafbackup_replication_user", "seafbackup_replication_seed", "seafbackup_seafile_conf"} <= set(ROLES)
 
 
@@ -32,7 +32,7 @@ def test_argument_specs_document_exactly_the_defaults(role):
 @pytest.mark.parametrize("role", ROLES)
 def test_role_variables_carry_the_role_prefix(role):
     defaults = _yaml(ROLES_DIR / role / "defaults/main.yml")
-    prefix = "seafbackup_" if role == "seafbackup_common" else f"{role}_"
+    prefix = "seafbackup_" if role == "seafbackup" else f"{role}_"
     assert [name for name in defaults if not name.startswith(prefix)] == []
 
 
@@ -40,6 +40,6 @@ def test_role_variables_carry_the_role_prefix(role):
 def test_tasks_main_is_a_table_of_contents(role):
     tasks = _yaml(ROLES_DIR / role / "tasks/main.yml")
     assert tasks, role
-    if role != "seafbackup_common":
+    if role != "seafbackup":
         modules = {key for task in tasks for key in task if key not in ("name", "when", "tags")}
         assert modules <= {"ansible.builtin.include_tasks", "ansible.builtin.meta"}, f"{role}: {modules}"
