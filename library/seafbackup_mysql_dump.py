@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 """Ansible module: a consistent dump of the Seafile databases for seeding a replica."""
 
 from __future__ import annotations

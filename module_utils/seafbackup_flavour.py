@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """The one place that knows how MariaDB and MySQL differ for replication.
 
 Given the server's ``SELECT VERSION()`` string, ``flavour()`` returns every statement, variable name,

@@ -231,8 +231,11 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: s
             '          seafbackup_seafile_conf_dir: "{{ seafbackup_host_root }}/opt/seafile/conf"',
             '          seafbackup_seafile_data_dir: "{{ seafbackup_host_root }}/opt/seafile/seafile-data"',
             f"          seafbackup_mysql_server_id: {SERVER_IDS[name]}",
-            f'          seafbackup_mysql_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} mysql {{action}}"',
-            f'          seafbackup_seafile_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} seafile {{action}}"',
+            *(
+                f'          seafbackup_{service}_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} '
+                f'{service} {{action}}"'
+                for service in ("mysql", "seafile")
+            ),
             '          seafbackup_tmp_dir: "{{ seafbackup_host_root }}/var/tmp"',
         ]
     return "\n".join(lines) + "\n"
