@@ -19,6 +19,7 @@ demo: deps
 
 lint: deps
 	$(BIN)/ruff check .
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint -q
 
 unit: deps
 	$(BIN)/pytest tests/unit

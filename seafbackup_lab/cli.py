@@ -10,8 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from seafbackup_lab.lab import Lab, default_lab_dir
+from seafbackup_lab.lab import Lab, default_lab_dir, render_inventory
 from seafbackup_lab.mariadb import LabError
+from seafbackup_lab.sshd import LabSSH
 from seafbackup_lab.writer import Put, SeafileServer
 
 
@@ -53,6 +54,8 @@ def _cmd_status(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    if args.service == "seafile":
+        return _seafile_service(lab, args, console)
     server = lab.hosts[args.host].mariadb
     if args.action == "status":
         running = server.is_running()
@@ -62,6 +65,37 @@ def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
         server.stop()
     if args.action in ("start", "restart"):
         server.start()
+    return 0
+
+
+def _seafile_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    """The lab runs no Seafile daemons: record the state and every action, so tests can see them."""
+    host = lab.hosts[args.host]
+    state_file = host.root / "run/seafile.state"
+    running = state_file.exists() and state_file.read_text().strip() == "running"
+    if args.action == "status":
+        console.print(f"{args.host} seafile: {'running' if running else 'stopped'}")
+        return 0 if running else 3
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text("stopped\n" if args.action == "stop" else "running\n")
+    log = host.root / "var/log/seafile-service.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh:
+        fh.write(f"{args.action}\n")
+    return 0
+
+
+def _cmd_sshd(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    ssh = LabSSH(lab.dir, lab.addresses)
+    if args.action == "up":
+        ssh.up()
+        for connection in ("ssh", "paramiko"):
+            path = lab.dir / f"inventory-{connection}.yml"
+            path.write_text(render_inventory(lab, connection=connection, ssh_key=ssh.client_key))
+            console.print(f"{connection} inventory: {path}")
+    else:
+        ssh.down()
+        console.print("sshd stopped")
     return 0
 
 
@@ -101,9 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     service = sub.add_parser("service", help="control a lab host's service as systemctl would")
     service.add_argument("host", choices=("primary", "backup"))
-    service.add_argument("service", choices=("mysql",))
+    service.add_argument("service", choices=("mysql", "seafile"))
     service.add_argument("action", choices=("start", "stop", "restart", "status"))
     service.set_defaults(func=_cmd_service)
+
+    sshd = sub.add_parser("sshd", help="start/stop an sshd on each host's address, port 2222 (key auth)")
+    sshd.add_argument("action", choices=("up", "down"))
+    sshd.set_defaults(func=_cmd_sshd)
 
     seafile = sub.add_parser("seafile", help="act like a Seafile server on a lab host")
     seafile.add_argument("--host", choices=("primary", "backup"), default="primary")

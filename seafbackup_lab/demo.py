@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import configparser
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
-from seafbackup_lab.lab import Lab, default_lab_dir
+from seafbackup_lab.lab import REPO_ROOT, Lab, default_lab_dir
 from seafbackup_lab.writer import Delete, Put, Rename, SeafileServer
 
 
@@ -55,8 +61,50 @@ def main() -> int:
     for name, h in lab.hosts.items():
         where.add_row(name, f"{h.address}:3306", f"{h.seafile_conf_dir}/seafile.conf\n{h.seafile_data_dir}")
     console.print(where)
+    console.print("[bold]3. setup_backup.yml: replication of the databases and the [backup] sections[/bold]")
+    rc = run_setup_backup()
+    if rc != 0:
+        console.print(f"[red]setup_backup.yml failed (exit {rc})[/red]")
+        return rc
+    show_replication(console, lab)
     console.print("Ansible inventory: inventory/lab/hosts.yml  ·  stop the lab: make lab-down")
     return 0
+
+
+def run_setup_backup() -> int:
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    cmd = [str(bin_dir / "ansible-playbook"), "-i", "inventory/lab/hosts.yml", "playbooks/setup_backup.yml"]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False).returncode
+
+
+def show_replication(console: Console, lab: Lab) -> None:
+    conn = lab.backup.mariadb.root_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW SLAVE STATUS")
+            names = [d[0] for d in cur.description]
+            row = dict(zip(names, cur.fetchone() or (), strict=False))
+    finally:
+        conn.close()
+    table = Table(title=f"replication on backup ({lab.backup.address}): SHOW SLAVE STATUS")
+    table.add_column("field")
+    table.add_column("value")
+    for column in ("Master_Host", "Slave_IO_Running", "Slave_SQL_Running", "Seconds_Behind_Master", "Using_Gtid",
+                   "Gtid_IO_Pos", "Last_SQL_Errno"):
+        table.add_row(column, str(row.get(column, "")))
+    table.add_row("Replicate_Ignore_Table", "\n".join(sorted(str(row.get("Replicate_Ignore_Table", "")).split(","))))
+    console.print(table)
+    sections = Table(title="\\[backup] in seafile.conf (token masked)")
+    for column in ("host", "option", "value"):
+        sections.add_column(column)
+    for name, host in lab.hosts.items():
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(host.seafile_conf_dir / "seafile.conf")
+        for option, value in parser.items("backup") if parser.has_section("backup") else []:
+            shown = value[:4] + "…" + "*" * 8 if option == "sync_token" else value
+            sections.add_row(name, option, shown)
+    console.print(sections)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from seafbackup_lab.writer import SeafileServer
 ADDR_PREFIX = os.environ.get("SEAFBACKUP_TEST_ADDR_PREFIX", "127.0.0.2")
 TEST_ADDRESSES = {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"}
 LIFECYCLE_ADDRESSES = {"primary": f"{ADDR_PREFIX}3", "backup": f"{ADDR_PREFIX}4"}
+# The playbook tests' own pair: replication and conf drop-ins must not leak into the other tests' lab.
+PLAYBOOK_ADDRESSES = {"primary": f"{ADDR_PREFIX}5", "backup": f"{ADDR_PREFIX}6"}
 
 
 def make_lab_dir(prefix: str) -> Path:
@@ -92,3 +94,17 @@ def backup_db_privileges(lab):
     root_sql(lab.backup, "GRANT BINLOG ADMIN ON *.* TO 'seafile'@'%'")
     yield
     root_sql(lab.backup, "REVOKE BINLOG ADMIN ON *.* FROM 'seafile'@'%'")
+
+
+@pytest.fixture(scope="session")
+def playbook_lab() -> Iterator[Lab]:
+    """A lab for setup_backup.yml runs (a fresh one; tests reset it when they need a fresh pair)."""
+    lab_dir = make_lab_dir("seafbackup-test-playbook-")
+    lab = Lab(lab_dir, PLAYBOOK_ADDRESSES)
+    lab.up()
+    yield lab
+    from seafbackup_lab.sshd import LabSSH
+
+    LabSSH(lab.dir, lab.addresses).down()
+    Lab(lab_dir).down()
+    shutil.rmtree(lab_dir, ignore_errors=True)

@@ -1,0 +1,87 @@
+"""Run the real ansible-playbook against a lab and read what it reported; inspect the lab's servers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from seafbackup_lab.lab import REPO_ROOT, Lab
+
+BIN = Path(sys.executable).parent
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+@dataclass
+class Run:
+    rc: int
+    output: str
+    seconds: float
+
+    @property
+    def recap(self) -> dict[str, dict[str, int]]:
+        return {
+            m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "unreachable": int(m.group(4)),
+                         "failed": int(m.group(5))}
+            for m in RECAP.finditer(self.output)
+        }
+
+    def changed(self, host: str) -> int:
+        return self.recap[host]["changed"]
+
+
+def run_playbook(inventory: Path, *args: str, playbook: str = "playbooks/setup_backup.yml") -> Run:
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="False",
+               ANSIBLE_STDOUT_CALLBACK="default", PATH=f"{BIN}:{env.get('PATH', '')}")
+    start = time.monotonic()
+    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), playbook, *args], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=600, check=False)
+    return Run(result.returncode, result.stdout + result.stderr, time.monotonic() - start)
+
+
+def query(lab: Lab, host: str, sql: str, args=None) -> list[dict]:
+    conn = lab.hosts[host].mariadb.root_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            if cur.description is None:
+                return []
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def replica_status(lab: Lab) -> dict | None:
+    rows = query(lab, "backup", "SHOW SLAVE STATUS")
+    return rows[0] if rows else None
+
+
+def snapshot(lab: Lab) -> dict:
+    """What a failed or check-mode run must leave exactly as it was: files and server state."""
+    state: dict = {}
+    for name, host in lab.hosts.items():
+        files = {}
+        for path in sorted((host.root / "etc/mysql").rglob("*")) + sorted(host.seafile_conf_dir.glob("*")):
+            if path.is_file():
+                files[str(path.relative_to(host.root))] = (path.read_bytes(), path.stat().st_mode)
+        files["var/tmp"] = sorted(p.name for p in (host.root / "var/tmp").iterdir())
+        state[name] = {
+            "files": files,
+            "pid": host.mariadb.pid(),
+            "server": query(lab, name, "SELECT @@server_id AS id, @@log_bin AS log_bin, @@gtid_binlog_pos AS pos"),
+            "users": query(lab, name, "SELECT User, Host FROM mysql.user ORDER BY User, Host"),
+            "grants": query(lab, name, "SELECT * FROM mysql.global_priv ORDER BY User, Host"),
+            "databases": query(lab, name, "SHOW DATABASES"),
+        }
+    status = replica_status(lab)
+    state["replica"] = None if status is None else {
+        k: status[k] for k in ("Master_Host", "Master_Port", "Master_User", "Slave_IO_Running", "Slave_SQL_Running",
+                               "Replicate_Ignore_Table", "Using_Gtid")
+    }
+    return state

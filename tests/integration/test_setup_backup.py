@@ -1,0 +1,239 @@
+"""setup_backup.yml, run by the real ansible-playbook against a lab of two real MariaDB servers.
+
+The tests share one lab (`playbook_lab`) and run in file order: check mode on a fresh lab, the fresh run,
+the second run, bad input on the seeded pair, the lock-and-dump variant, then real SSH.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pymysql
+import pytest
+
+from seafbackup_lab.lab import LAB_REPLICATION_PASSWORD, render_inventory
+from seafbackup_lab.sshd import LabSSH
+from tests.integration.playbooks import query, replica_status, run_playbook, snapshot
+
+IGNORED = [
+    "seafile_db.Repo", "seafile_db.Branch", "seafile_db.RepoHead", "seahub_db.base_userlastlogin",
+    "seahub_db.django_session", "seahub_db.sysadmin_extra_userloginlog", "seahub_db.UserTrafficStat",
+    "seahub_db.FileAudit", "seahub_db.FileUpdate", "seahub_db.PermAudit", "seahub_db.Event", "seahub_db.UserEvent",
+    "seahub_db.avatar_avatar", "seahub_db.avatar_groupavatar", "seahub_db.avatar_uploaded",
+]
+TIMINGS: dict[str, float] = {}
+STATE: dict = {}
+
+
+def _inventory(lab):
+    return lab.dir / "inventory.yml"
+
+
+def _seafile_conf(lab, host):
+    return (lab.hosts[host].seafile_conf_dir / "seafile.conf").read_text()
+
+
+def _backup_section(text):
+    return dict(re.findall(r"^(\w+) = (.*)$", text.split("[backup]", 1)[1], re.M)) if "[backup]" in text else {}
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _assert_no_secrets(run, lab):
+    for secret in (LAB_REPLICATION_PASSWORD, lab.db_password, *(s for s in [STATE.get("token")] if s)):
+        assert secret not in run.output
+
+
+@pytest.fixture(scope="module")
+def fresh(playbook_lab):
+    """A fresh lab, its seafile.conf texts before the playbook, then the first real run."""
+    playbook_lab.reset()
+    STATE["conf_before"] = {h: _seafile_conf(playbook_lab, h) for h in playbook_lab.hosts}
+    return playbook_lab
+
+
+@pytest.fixture(scope="module")
+def seeded(fresh):
+    if "first_run" not in STATE:
+        run = run_playbook(_inventory(fresh))
+        assert run.rc == 0, run.output[-4000:]
+        TIMINGS["fresh run"] = run.seconds
+        STATE["first_run"] = run
+        STATE["token"] = _backup_section(_seafile_conf(fresh, "primary"))["sync_token"]
+    return fresh
+
+
+def test_check_mode_on_a_fresh_lab_reports_changes_and_changes_nothing(fresh):
+    assert "first_run" not in STATE, "check mode must run on a fresh lab"
+    before = snapshot(fresh)
+    run = run_playbook(_inventory(fresh), "--check", "--diff")
+    TIMINGS["check mode"] = run.seconds
+    assert run.rc == 0, run.output[-4000:]
+    assert run.changed("primary") > 0 and run.changed("backup") > 0
+    assert "Show the dump that would be taken" in run.output and "+log-bin = mysql-bin" in run.output
+    assert snapshot(fresh) == before
+    _assert_no_secrets(run, fresh)
+
+
+def test_fresh_run_starts_replication_with_exactly_the_seeds_filters(seeded):
+    status = replica_status(seeded)
+    assert status["Slave_IO_Running"] == "Yes" and status["Slave_SQL_Running"] == "Yes"
+    assert status["Master_Host"] == seeded.primary.address and status["Using_Gtid"] == "Slave_Pos"
+    assert sorted(status["Replicate_Ignore_Table"].split(",")) == sorted(IGNORED)
+    _assert_no_secrets(STATE["first_run"], seeded)
+    # The seed's marker row arrived; the session row written to an ignored table did not (and is gone).
+    assert len(query(seeded, "backup", "SELECT id FROM seafbackup.marker")) == 1
+    assert query(seeded, "primary", "SELECT COUNT(*) AS n FROM seahub_db.django_session") == [{"n": 0}]
+
+
+def test_replicated_rows_arrive_and_ignored_rows_do_not(seeded):
+    query(seeded, "primary", "INSERT INTO seafile_db.RepoOwner (repo_id, owner_id) VALUES ('r1', 'alice')")
+    query(seeded, "primary", "INSERT INTO seafile_db.Repo (repo_id) VALUES ('r1')")
+    query(seeded, "primary", "INSERT INTO seahub_db.django_session VALUES ('s1', '', NOW())")
+    pos = query(seeded, "primary", "SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    assert query(seeded, "backup", "SELECT MASTER_GTID_WAIT(%s, 20) AS w", (pos,)) == [{"w": 0}]
+    assert query(seeded, "backup", "SELECT owner_id FROM seafile_db.RepoOwner WHERE repo_id='r1'") == [
+        {"owner_id": "alice"}]
+    assert query(seeded, "backup", "SELECT COUNT(*) AS n FROM seafile_db.Repo") == [{"n": 0}]
+    assert query(seeded, "backup", "SELECT COUNT(*) AS n FROM seahub_db.django_session") == [{"n": 0}]
+    for table in ("seafile_db.RepoOwner", "seafile_db.Repo", "seahub_db.django_session"):
+        query(seeded, "primary", f"DELETE FROM {table}")
+
+
+def test_the_agents_account_can_write_on_the_backup_without_binlogging(seeded):
+    backup = seeded.backup
+    conn = pymysql.connect(host=backup.address, user="seafile", password=seeded.db_password, database="seafile_db",
+                           autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin = 0")
+        cur.execute("INSERT INTO Repo (repo_id) VALUES ('agent-row')")
+        cur.execute("DELETE FROM Repo WHERE repo_id = 'agent-row'")
+    conn.close()
+    grants = " ".join(r[next(iter(r))] for r in query(seeded, "primary", "SHOW GRANTS FOR 'seafile'@'%'"))
+    assert "BINLOG ADMIN" not in grants  # local to the backup, never replicated
+
+
+def test_seafile_conf_gets_backup_sections_with_one_token_and_keeps_the_rest(seeded):
+    primary, backup = (_backup_section(_seafile_conf(seeded, h)) for h in ("primary", "backup"))
+    assert re.fullmatch(r"[0-9a-f]{40}", primary["sync_token"]) and primary["sync_token"] == backup["sync_token"]
+    assert primary == {"backup_url": f"http://{seeded.backup.address}:8091", "sync_token": primary["sync_token"]}
+    assert backup == {"primary_url": f"http://{seeded.primary.address}:8090", "sync_token": primary["sync_token"],
+                      "sync_poll_interval": "1"}
+    for host in seeded.hosts:
+        text = _seafile_conf(seeded, host)
+        before = STATE["conf_before"][host]
+        assert text.startswith(before) and "[backup]" not in before  # other sections byte for byte
+        mode = (seeded.hosts[host].seafile_conf_dir / "seafile.conf").stat().st_mode & 0o777
+        assert mode == 0o600
+
+
+def test_the_dump_is_gone_and_the_seeding_drop_in_removed(seeded):
+    for host in seeded.hosts.values():
+        assert list((host.root / "var/tmp").iterdir()) == []
+        assert not (host.root / "etc/mysql/conf.d/61-seafbackup-seeding.cnf").exists()
+
+
+def test_second_run_changes_nothing_and_keeps_the_token(seeded):
+    run = run_playbook(_inventory(seeded))
+    TIMINGS["second run"] = run.seconds
+    assert run.rc == 0, run.output[-4000:]
+    assert run.changed("primary") == 0 and run.changed("backup") == 0, run.output[-6000:]
+    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == STATE["token"]
+    _assert_no_secrets(run, seeded)
+
+
+def _sabotage_other_primary(lab):
+    query(lab, "backup", "STOP SLAVE")
+    query(lab, "backup", "CHANGE MASTER TO MASTER_HOST='198.18.0.1'")
+
+
+def _restore_primary(lab):
+    query(lab, "backup", "STOP SLAVE")
+    query(lab, "backup", "CHANGE MASTER TO MASTER_HOST=%s", (lab.primary.address,))
+    query(lab, "backup", "START SLAVE")
+    assert _wait_for(lambda: replica_status(lab)["Slave_IO_Running"] == "Yes")
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "message"),
+    [
+        ("wrong replication password", ["-e", "seafbackup_replication_password=not-the-password"],
+         "cannot log in to the primary"),
+        ("same server id on both", ["-e", "seafbackup_mysql_server_id=7"], "different on primary"),
+        ("database missing on the primary",
+         ["-e", '{"seafbackup_databases": {"ccnet": "ccnet_db", "seafile": "seafile_db", "seahub": "seahub_gone"}}'],
+         "seahub_gone missing on the primary"),
+        ("backup replicates from another primary", [], "already replicates from 198.18.0.1"),
+    ],
+)
+def test_bad_input_fails_clearly_and_changes_nothing(seeded, case, args, message):
+    if case == "backup replicates from another primary":
+        _sabotage_other_primary(seeded)
+    try:
+        before = snapshot(seeded)
+        run = run_playbook(_inventory(seeded), *args)
+        assert run.rc != 0
+        assert message in " ".join(run.output.split()), run.output[-4000:]
+        assert snapshot(seeded) == before
+        _assert_no_secrets(run, seeded)
+    finally:
+        if case == "backup replicates from another primary":
+            _restore_primary(seeded)
+
+
+def test_lock_and_dump_variant_reseeds_and_recreates_a_missing_ignored_table(seeded):
+    query(seeded, "backup", "DROP TABLE seahub_db.avatar_avatar")
+    log = seeded.primary.root / "var/log/seafile-service.log"
+    actions_before = log.read_text().split() if log.exists() else []
+    run = run_playbook(_inventory(seeded), "-e", "seafbackup_replication_seed_method=locked",
+                       "-e", "seafbackup_replication_reseed=true")
+    TIMINGS["locked reseed"] = run.seconds
+    assert run.rc == 0, run.output[-4000:]
+    assert log.read_text().split()[len(actions_before):] == ["stop", "start"]
+    status = replica_status(seeded)
+    assert status["Slave_IO_Running"] == "Yes" and status["Slave_SQL_Running"] == "Yes"
+    assert len(query(seeded, "backup", "SELECT id FROM seafbackup.marker")) == 2
+    assert query(seeded, "backup", "SHOW TABLES FROM seahub_db LIKE 'avatar_avatar'")
+
+
+def _ssh_inventory(lab, connection):
+    ssh = LabSSH(lab.dir, lab.addresses)
+    ssh.up()
+    inventory = lab.dir / f"inventory-{connection}.yml"
+    inventory.write_text(render_inventory(lab, connection=connection, ssh_key=ssh.client_key))
+    return inventory
+
+
+def test_over_real_ssh_a_reseed_moves_the_dump_through_the_control_node(seeded):
+    """Each host's files are reached only through its own SSH connection (fetch, then copy)."""
+    markers = len(query(seeded, "backup", "SELECT id FROM seafbackup.marker"))
+    run = run_playbook(_ssh_inventory(seeded, "ssh"), "-e", "seafbackup_replication_reseed=true", "-v")
+    TIMINGS["reseed over ssh"] = run.seconds
+    assert run.rc == 0, run.output[-4000:]
+    assert "Bring the dump to the control node" in run.output
+    status = replica_status(seeded)
+    assert status["Slave_IO_Running"] == "Yes" and status["Slave_SQL_Running"] == "Yes"
+    assert len(query(seeded, "backup", "SELECT id FROM seafbackup.marker")) == markers + 1
+    _assert_no_secrets(run, seeded)
+
+
+def test_over_paramiko_a_run_on_the_paired_hosts_changes_nothing(seeded):
+    """Control nodes without OpenSSH: every module of the playbook works over paramiko (one connection per task,
+    so this is the steady-state run rather than a reseed)."""
+    run = run_playbook(_ssh_inventory(seeded, "paramiko"), "-v")
+    TIMINGS["second run over paramiko"] = run.seconds
+    assert run.rc == 0, run.output[-4000:]
+    assert run.changed("primary") == 0 and run.changed("backup") == 0, run.output[-6000:]
+    _assert_no_secrets(run, seeded)
+
+
+def test_report_timings():
+    print("\nsetup_backup.yml timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in TIMINGS.items()))
