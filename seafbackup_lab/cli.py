@@ -12,6 +12,7 @@ from rich.table import Table
 
 from seafbackup_lab.lab import Lab, default_lab_dir, render_inventory
 from seafbackup_lab.mariadb import LabError
+from seafbackup_lab.services import UnitService
 from seafbackup_lab.sshd import LabSSH
 from seafbackup_lab.writer import Put, SeafileServer
 
@@ -43,12 +44,12 @@ def _cmd_status(lab: Lab, args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(status, indent=2))
         return 0
     table = Table(title=f"seafbackup lab in {lab.dir}")
-    for column in ("host", "address", "MariaDB", "seafile.conf"):
+    for column in ("host", "address", "MariaDB", "sync agent", "seafile.conf"):
         table.add_column(column)
     for name, info in status.items():
-        pid = info["mariadb_pid"]
+        pid, agent = info["mariadb_pid"], info["agent_pid"]
         table.add_row(name, str(info["address"]), f"running (pid {pid})" if pid else "stopped",
-                      str(info["seafile_conf"]))
+                      f"running (pid {agent})" if agent else "not running", str(info["seafile_conf"]))
     console.print(table)
     return 0
 
@@ -56,6 +57,8 @@ def _cmd_status(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     if args.service == "seafile":
         return _seafile_service(lab, args, console)
+    if args.service == "agent":
+        return _unit_service(UnitService("seafbackup-agent", lab.hosts[args.host].root), args, console)
     server = lab.hosts[args.host].mariadb
     if args.action == "status":
         running = server.is_running()
@@ -65,6 +68,19 @@ def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
         server.stop()
     if args.action in ("start", "restart"):
         server.start()
+    return 0
+
+
+def _unit_service(service: UnitService, args: argparse.Namespace, console: Console) -> int:
+    """A service installed as a systemd unit: its ExecStart runs detached, as systemd would run it."""
+    if args.action == "status":
+        pid = service.pid()
+        console.print(f"{args.host} {service.name}: {f'running (pid {pid})' if pid else 'stopped'}")
+        return 0 if pid else 3
+    if args.action in ("stop", "restart"):
+        service.stop()
+    if args.action in ("start", "restart"):
+        service.start()
     return 0
 
 
@@ -135,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     service = sub.add_parser("service", help="control a lab host's service as systemctl would")
     service.add_argument("host", choices=("primary", "backup"))
-    service.add_argument("service", choices=("mysql", "seafile"))
+    service.add_argument("service", choices=("mysql", "seafile", "agent"))
     service.add_argument("action", choices=("start", "stop", "restart", "status"))
     service.set_defaults(func=_cmd_service)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from seafbackup_agent.config import DatabaseSettings, load_seafile_conf
 from seafbackup_lab.mariadb import MariaDBPaths, MariaDBServer
+from seafbackup_lab.services import UnitService
 
 DATABASES = ("ccnet_db", "seafile_db", "seahub_db")
 SEAFILE_DB_USER = "seafile"
@@ -37,6 +38,11 @@ class LabHost:
     @property
     def mariadb(self) -> MariaDBServer:
         return MariaDBServer(MariaDBPaths(self.root), self.address)
+
+    @property
+    def unit_services(self) -> list[UnitService]:
+        """Services the playbooks installed on this host as systemd units (the sync agent)."""
+        return [UnitService("seafbackup-agent", self.root)]
 
     @property
     def seafile_conf_dir(self) -> Path:
@@ -100,6 +106,8 @@ class Lab:
 
     def down(self) -> None:
         for host in self.hosts.values():
+            for service in host.unit_services:
+                service.stop()
             host.mariadb.stop()
 
     def reset(self) -> None:
@@ -117,6 +125,7 @@ class Lab:
             report[name] = {
                 "address": host.address,
                 "mariadb_pid": server.pid(),
+                "agent_pid": host.unit_services[0].pid(),
                 "root": str(host.root),
                 "seafile_conf": str(host.seafile_conf_dir / "seafile.conf"),
             }
@@ -205,6 +214,7 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: s
         "    seafbackup_seafile_user: root",
         f"    seafbackup_replication_password: {LAB_REPLICATION_PASSWORD}",
         "    seafbackup_replication_seed_connect_retry: 1",
+        "    seafbackup_agent_user: root",
         "  children:",
     ]
     for group, name in (("seafile_primary", "primary"), ("seafile_backup", "backup")):
@@ -237,5 +247,13 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: s
                 for service in ("mysql", "seafile")
             ),
             '          seafbackup_tmp_dir: "{{ seafbackup_host_root }}/var/tmp"',
+            '          seafbackup_agent_seafile_data_dir: "{{ seafbackup_seafile_data_dir }}"',
+            '          seafbackup_agent_venv: "{{ seafbackup_host_root }}/opt/seafbackup/venv"',
+            '          seafbackup_agent_state_dir: "{{ seafbackup_host_root }}/var/lib/seafbackup"',
+            '          seafbackup_agent_unit_dir: "{{ seafbackup_host_root }}/etc/systemd/system"',
+            '          seafbackup_agent_bin_dir: "{{ seafbackup_host_root }}/usr/local/bin"',
+            f"          seafbackup_agent_listen_address: {host.address}",
+            f'          seafbackup_agent_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} agent '
+            '{action}"',
         ]
     return "\n".join(lines) + "\n"

@@ -124,9 +124,11 @@ def test_the_agents_account_can_write_on_the_backup_without_binlogging(seeded):
 def test_seafile_conf_gets_backup_sections_with_one_token_and_keeps_the_rest(seeded):
     primary, backup = (_backup_section(_seafile_conf(seeded, h)) for h in ("primary", "backup"))
     assert re.fullmatch(r"[0-9a-f]{40}", primary["sync_token"]) and primary["sync_token"] == backup["sync_token"]
-    assert primary == {"backup_url": f"http://{seeded.backup.address}:8091", "sync_token": primary["sync_token"]}
+    assert primary == {"backup_url": f"http://{seeded.backup.address}:8091", "sync_token": primary["sync_token"],
+                       "listen": f"{seeded.primary.address}:8090"}
     assert backup == {"primary_url": f"http://{seeded.primary.address}:8090", "sync_token": primary["sync_token"],
-                      "sync_poll_interval": "1"}
+                      "sync_poll_interval": "1", "listen": f"{seeded.backup.address}:8091",
+                      "state_dir": str(seeded.backup.root / "var/lib/seafbackup"), "workers": "2"}
     for host in seeded.hosts:
         text = _seafile_conf(seeded, host)
         before = STATE["conf_before"][host]
