@@ -60,7 +60,7 @@ EXAMPLES = r"""
   seafbackup_failover:
     login_unix_socket: /run/mysqld/mysqld.sock
     seafile_db: seafile_db
-    failed_libraries: "{{ backup_state.failed | map(attribute='repo_id') | list }}"
+    failed_libraries: "{{ backup_state.failed_libraries | map(attribute='repo_id') | list }}"
   register: promotion
 """
 

@@ -13,8 +13,8 @@ description:
     at the instant of the snapshot.
   - C(online) (the default) takes one consistent snapshot with C(--single-transaction) and holds a global
     read lock only for the instant the coordinates are read, so Seafile keeps running.
-  - C(locked) is the conservative variant: C(FLUSH TABLES WITH READ LOCK), read the coordinates,
-    dump, C(UNLOCK TABLES). Writes wait for the whole dump; stop Seafile first.
+  - C(locked) is the conservative variant (C(FLUSH TABLES WITH READ LOCK), read the coordinates,
+    dump, C(UNLOCK TABLES)). Writes wait for the whole dump; stop Seafile first.
   - Statements and options come from the flavour table (C(module_utils/seafbackup_flavour.py)), so the
     same module serves MariaDB and MySQL 8.x.
 options:

@@ -103,22 +103,22 @@ counts:
   returned: always
   type: dict
   sample: {"synchronized": 41, "waiting": 0, "syncing": 0, "failed": 1}
-synchronized:
+synchronized_libraries:
   description: Ids of synchronized libraries.
   returned: always
   type: list
   elements: str
-waiting:
+waiting_libraries:
   description: Ids of libraries waiting for sync.
   returned: always
   type: list
   elements: str
-syncing:
+syncing_libraries:
   description: Ids of libraries being synced.
   returned: always
   type: list
   elements: str
-failed:
+failed_libraries:
   description: Libraries that failed to sync, with the reason and the number of attempts.
   returned: always
   type: list
@@ -217,14 +217,16 @@ def replication_state(module):
 
 
 def summarize(doc, now):
-    by_state = {"synchronized": [], "waiting": [], "syncing": [], "failed": []}
+    by_state = {"synchronized_libraries": [], "waiting_libraries": [], "syncing_libraries": [],
+                "failed_libraries": []}
     lag = {}
     for lib in doc["libraries"]:
         state = lib["state"]
         if state == "failed":
-            by_state[state].append({"repo_id": lib["repo_id"], "reason": lib["reason"], "attempts": lib["attempts"]})
+            by_state["failed_libraries"].append(
+                {"repo_id": lib["repo_id"], "reason": lib["reason"], "attempts": lib["attempts"]})
         else:
-            by_state[state].append(lib["repo_id"])
+            by_state[f"{state}_libraries"].append(lib["repo_id"])
         if state != "synchronized":
             lag[lib["repo_id"]] = round(now - lib["since"], 1)
     return by_state, lag
@@ -270,9 +272,10 @@ def main():
         "waited": round(time.monotonic() - started, 2),
         **by_state,
     }
-    if p["fail_on_failed"] and by_state["failed"]:
-        ids = ", ".join(f["repo_id"] for f in by_state["failed"])
-        module.fail_json(msg=f"{len(by_state['failed'])} libraries failed to sync: {ids}", **result)
+    failed = by_state["failed_libraries"]
+    if p["fail_on_failed"] and failed:
+        ids = ", ".join(f["repo_id"] for f in failed)
+        module.fail_json(msg=f"{len(failed)} libraries failed to sync: {ids}", **result)
     if p["max_lag_seconds"] is not None and p["replication"]:
         behind = replication.get("seconds_behind")
         if not replication.get("configured"):

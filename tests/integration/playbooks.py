@@ -85,3 +85,16 @@ def snapshot(lab: Lab) -> dict:
                                "Replicate_Ignore_Table", "Using_Gtid")
     }
     return state
+
+
+def run_module(inventory: Path, host: str, module: str, args: dict) -> tuple[int, dict]:
+    """One module on one host through the real `ansible` command; returns (rc, the module's JSON result)."""
+    import json
+
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="json", PATH=f"{BIN}:{env.get('PATH', '')}")
+    result = subprocess.run([str(BIN / "ansible"), "-i", str(inventory), host, "-m", module, "-a", json.dumps(args)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    doc = json.loads(result.stdout)
+    return result.returncode, doc["plays"][0]["tasks"][0]["hosts"][host]

@@ -7,14 +7,17 @@ the second run, bad input on the seeded pair, the lock-and-dump variant, then re
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 
 import pymysql
 import pytest
 
 from seafbackup_lab.lab import LAB_REPLICATION_PASSWORD, render_inventory
+from seafbackup_lab.services import UnitService
 from seafbackup_lab.sshd import LabSSH
-from tests.integration.playbooks import query, replica_status, run_playbook, snapshot
+from seafbackup_lab.writer import SeafileServer
+from tests.integration.playbooks import query, replica_status, run_module, run_playbook, snapshot
 
 IGNORED = [
     "seafile_db.Repo", "seafile_db.Branch", "seafile_db.RepoHead", "seahub_db.base_userlastlogin",
@@ -150,6 +153,45 @@ def test_second_run_changes_nothing_and_keeps_the_token(seeded):
     assert run.changed("primary") == 0 and run.changed("backup") == 0, run.output[-6000:]
     assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == STATE["token"]
     _assert_no_secrets(run, seeded)
+
+
+def test_the_agents_run_from_a_hardened_unit_that_systemd_accepts(seeded):
+    for host in seeded.hosts.values():
+        unit = host.root / "etc/systemd/system/seafbackup-agent.service"
+        verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stdout + verify.stderr
+        text = unit.read_text()
+        for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=on-failure",
+                          f"ReadWritePaths={host.seafile_data_dir}"):
+            assert hardening in text
+        assert UnitService("seafbackup-agent", host.root).pid() is not None
+    wrapper = seeded.backup.root / "usr/local/bin/seaf-backup-cmd.sh"
+    status = subprocess.run([str(wrapper), "status"], capture_output=True, text=True, check=True).stdout
+    assert status.startswith("Total number of libraries: ")
+
+
+def test_a_change_on_the_primary_reaches_the_backup_and_seafbackup_status_gates(seeded):
+    host = seeded.primary
+    with SeafileServer(host.seafile_conf_dir, host.seafile_data_dir) as server:
+        repo = server.create_library("after setup", "alice@example.com")
+        head = server.put_files(repo, {"a.txt": b"written after setup_backup.yml"})
+    assert _wait_for(lambda: query(seeded, "backup", "SELECT commit_id FROM seafile_db.Branch WHERE repo_id=%s",
+                                   (repo,)) == [{"commit_id": head}])
+    args = {"conf_dir": str(seeded.backup.seafile_conf_dir),
+            "agent_cmd": str(seeded.backup.root / "opt/seafbackup/venv/bin/seaf-backup-cmd"),
+            "login_unix_socket": str(seeded.backup.mariadb.paths.socket)}
+    rc, result = run_module(_inventory(seeded), "backup", "seafbackup_status",
+                            {**args, "wait_synchronized": True, "timeout": 60, "max_lag_seconds": 30,
+                             "fail_on_failed": True})
+    assert rc == 0, result
+    assert repo in result["synchronized_libraries"] and result["failed_libraries"] == [] and not result["changed"]
+    assert result["replication"]["io_running"] == "Yes" and result["replication"]["last_sql_errno"] == 0
+    query(seeded, "backup", "STOP SLAVE SQL_THREAD")
+    try:
+        rc, result = run_module(_inventory(seeded), "backup", "seafbackup_status", {**args, "max_lag_seconds": 30})
+        assert rc != 0 and "replication is not running" in result["msg"]
+    finally:
+        query(seeded, "backup", "START SLAVE SQL_THREAD")
 
 
 def _sabotage_other_primary(lab):
