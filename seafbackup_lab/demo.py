@@ -6,11 +6,13 @@ import configparser
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_lab.lab import REPO_ROOT, Lab, default_lab_dir
 from seafbackup_lab.writer import Delete, Put, Rename, SeafileServer
 
@@ -67,8 +69,33 @@ def main() -> int:
         console.print(f"[red]setup_backup.yml failed (exit {rc})[/red]")
         return rc
     show_replication(console, lab)
+    console.print("[bold]4. A change on the primary, and the backup a moment later[/bold]")
+    show_a_change_arriving(console, lab)
     console.print("Ansible inventory: inventory/lab/hosts.yml  ·  stop the lab: make lab-down")
     return 0
+
+
+def show_a_change_arriving(console: Console, lab: Lab) -> None:
+    host = lab.primary
+    with SeafileServer(host.seafile_conf_dir, host.seafile_data_dir) as server:
+        repo = next(r for r in server.library_ids() if server.read_commit(r, server.head(r)).repo_name == "Notes")
+        started = time.monotonic()
+        head = server.commit(repo, [Put("todo/tomorrow.md", b"- fail over, calmly\n")])
+    console.print(f"primary: library Notes ({repo}) moved to commit {head[:12]}")
+    backup = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+    try:
+        while backup.rows.head(repo) != head and time.monotonic() - started < 30:
+            time.sleep(0.02)
+        arrived = backup.rows.head(repo) == head
+    finally:
+        backup.close()
+    if arrived:
+        console.print(f"backup: the same head after {time.monotonic() - started:.2f} s, objects first, Branch last")
+    else:
+        console.print("[red]backup: the change did not arrive within 30 s[/red]")
+    wrapper = lab.backup.root / "usr/local/bin/seaf-backup-cmd.sh"
+    console.print(f"$ {wrapper.name} status   (on the backup)")
+    console.print(subprocess.run([str(wrapper), "status"], capture_output=True, text=True).stdout, highlight=False)
 
 
 def run_setup_backup() -> int:

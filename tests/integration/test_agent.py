@@ -139,11 +139,7 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     assert _backup_head(lab, vrepo) == primary.head(vrepo)
     check_closure(lab.backup.seafile_data_dir, vrepo, repos[0], primary.head(vrepo))
 
-    # The seed's command, as written: seaf-backup-cmd.sh status
-    wrapper = Path(__file__).resolve().parents[2] / "scripts/seaf-backup-cmd.sh"
-    text = subprocess.run([str(wrapper), "status", "--conf-dir", str(lab.backup.seafile_conf_dir)],
-                          capture_output=True, text=True, check=True,
-                          env={**os.environ, "SEAFBACKUP_VENV": str(Path(sys.executable).parent.parent)}).stdout
+    text = agents.cmd("status").stdout
     assert text.startswith("Total number of libraries: 4\nNumber of synchronized libraries: 4\n")
     assert "List of libraries failed to sync:" in text
     metrics = subprocess.run(["curl", "-s", "--unix-socket", str(agents.tmp / "state/agent.sock"),
