@@ -55,27 +55,14 @@ def _cmd_status(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    """Control a lab host's service as systemctl would: MariaDB, the agent's unit, or Seafile's stand-in."""
     if args.service == "seafile":
         return _seafile_service(lab, args, console)
-    if args.service == "agent":
-        return _unit_service(UnitService("seafbackup-agent", lab.hosts[args.host].root), args, console)
-    server = lab.hosts[args.host].mariadb
-    if args.action == "status":
-        running = server.is_running()
-        console.print(f"{args.host} mysql: {'running' if running else 'stopped'}")
-        return 0 if running else 3
-    if args.action in ("stop", "restart"):
-        server.stop()
-    if args.action in ("start", "restart"):
-        server.start()
-    return 0
-
-
-def _unit_service(service: UnitService, args: argparse.Namespace, console: Console) -> int:
-    """A service installed as a systemd unit: its ExecStart runs detached, as systemd would run it."""
+    host = lab.hosts[args.host]
+    service = host.mariadb if args.service == "mysql" else UnitService("seafbackup-agent", host.root)
     if args.action == "status":
         pid = service.pid()
-        console.print(f"{args.host} {service.name}: {f'running (pid {pid})' if pid else 'stopped'}")
+        console.print(f"{args.host} {args.service}: {f'running (pid {pid})' if pid else 'stopped'}")
         return 0 if pid else 3
     if args.action in ("stop", "restart"):
         service.stop()

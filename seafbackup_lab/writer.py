@@ -289,13 +289,13 @@ class SeafileServer:
         repo_id: str,
         root_id: str,
         creator_name: str,
-        description: str,
         ctime: int,
-        parent_id: str | None,
-        second_parent_id: str | None,
         repo_name: str,
-        repo_desc: str,
-        encryption: dict | None,
+        description: str = "Created library",
+        parent_id: str | None = None,
+        second_parent_id: str | None = None,
+        repo_desc: str = "",
+        encryption: dict | None = None,
     ) -> str:
         commit_id = compute_commit_id(
             root_id=root_id, creator=SERVER_CREATOR, creator_name=creator_name, description=description, ctime=ctime
@@ -344,18 +344,8 @@ class SeafileServer:
         repo_id = repo_id or str(uuid.uuid4())
         now = self._now(ctime)
         encryption = self._encryption_fields(repo_id, password) if password else None
-        head = self._write_commit(
-            repo_id=repo_id,
-            root_id=EMPTY_ID,
-            creator_name=owner,
-            description="Created library",
-            ctime=now,
-            parent_id=None,
-            second_parent_id=None,
-            repo_name=name,
-            repo_desc=desc,
-            encryption=encryption,
-        )
+        head = self._write_commit(repo_id=repo_id, root_id=EMPTY_ID, creator_name=owner, ctime=now, repo_name=name,
+                                  repo_desc=desc, encryption=encryption)
         with self.db.cursor() as cur:
             cur.execute("REPLACE INTO Branch (name, repo_id, commit_id) VALUES ('master', %s, %s)", (repo_id, head))
             cur.execute("REPLACE INTO RepoHead (repo_id, branch_name) VALUES (%s, 'master')", (repo_id,))
@@ -470,18 +460,7 @@ class SeafileServer:
             dir_id = match[0].id
         vrepo_id = str(uuid.uuid4())
         now = self._now(None)
-        head = self._write_commit(
-            repo_id=vrepo_id,
-            root_id=dir_id,
-            creator_name=owner,
-            description="Created library",
-            ctime=now,
-            parent_id=None,
-            second_parent_id=None,
-            repo_name=name,
-            repo_desc="",
-            encryption=None,
-        )
+        head = self._write_commit(repo_id=vrepo_id, root_id=dir_id, creator_name=owner, ctime=now, repo_name=name)
         with self.db.cursor() as cur:
             cur.execute("REPLACE INTO Branch (name, repo_id, commit_id) VALUES ('master', %s, %s)", (vrepo_id, head))
             cur.execute("REPLACE INTO RepoHead (repo_id, branch_name) VALUES (%s, 'master')", (vrepo_id,))
