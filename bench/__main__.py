@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from benchmarks.json")
     parser.add_argument("--keep-lab", action="store_true")
     parser.add_argument("--workers", type=int, default=2, help="the backup agent's [backup] workers")
+    parser.add_argument("--poll-libraries", help="override the poll sizes: 1000,10000,...")
     parser.add_argument("--rpo-points", help="override the RPO points: rate:seconds:bytes,...")
     parser.add_argument("--profile", type=Path, help="run the agents under py-spy, collapsed stacks into this dir")
     args = parser.parse_args(argv)
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rpo_points:
             points = tuple(tuple(float(x) for x in p.split(":")) for p in args.rpo_points.split(","))
             plan = dataclasses.replace(plan, rpo_points=tuple((r, s, int(b)) for r, s, b in points))
+        if args.poll_libraries:
+            plan = dataclasses.replace(plan, poll_libraries=tuple(int(n) for n in args.poll_libraries.split(",")))
         results = run(plan, args.only.split(","), args.keep_lab)
         results["workers"] = args.workers
         data_file.write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -80,7 +83,8 @@ def run(plan: scenarios.Plan, cases: list[str], keep_lab: bool) -> dict:
     finally:
         if not keep_lab:
             lab.down()
-            shutil.rmtree(lab.dir, ignore_errors=True)
+            # Hundreds of thousands of small files: deleted in the background, the report need not wait.
+            subprocess.Popen(["rm", "-rf", str(lab.dir)], start_new_session=True)
     results["elapsed_s"] = time.time() - started
     return results
 
