@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = dataclasses.replace(plan, poll_libraries=tuple(int(n) for n in args.poll_libraries.split(",")))
         results = run(plan, args.only.split(","), args.keep_lab)
         results["workers"] = args.workers
+        results["command"] = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
         data_file.write_text(json.dumps(results, indent=1, default=str) + "\n")
     made = report.plots(results, images)
     (docs / "benchmarks.md").write_text(report.markdown(results, made))

@@ -38,13 +38,13 @@ QUICK = Plan(
     quick=True,
     rpo_libraries=1000,
     rpo_points=((1, 6, 4096), (10, 5, 4096), (100, 5, 4096), (1, 5, MiB), (10, 4, MiB), (100, 2, MiB)),
-    initial_files=10_000,
+    initial_files=5_000,
     initial_file_size=16 * 1024,
     incremental_objects=(10_000, 100_000),
-    poll_libraries=(1000, 10_000, 100_000),
-    idle_seconds=10,
+    poll_libraries=(1000, 10_000, 30_000),
+    idle_seconds=5,
     busy_rate=10,
-    busy_seconds=6,
+    busy_seconds=5,
 )
 
 FULL = Plan(
