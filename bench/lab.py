@@ -44,6 +44,14 @@ def root_sql(host: LabHost, *statements: str, args: tuple | None = None):
         conn.close()
 
 
+def discard(lab: Lab, path: Path) -> None:
+    """Set a directory aside in the lab's trash (deleted with the lab, in the background, at the end)."""
+    if path.exists():
+        trash = lab.dir / "trash"
+        trash.mkdir(exist_ok=True)
+        path.rename(trash / f"{path.name}-{time.time_ns()}")
+
+
 def wipe(lab: Lab) -> None:
     """Empty both hosts' Seafile data and tables (servers keep running)."""
     for host in lab.hosts.values():
@@ -56,7 +64,9 @@ def wipe(lab: Lab) -> None:
                         cur.execute(f"TRUNCATE TABLE `{db}`.`{table}`")
         finally:
             conn.close()
-        shutil.rmtree(host.seafile_data_dir, ignore_errors=True)
+        # Set aside, not deleted: removing 100k+ small files takes a minute here; the lab directory and
+        # everything in it is removed in the background when the run ends.
+        discard(lab, host.seafile_data_dir)
         host.seafile_data_dir.mkdir(parents=True)
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import bulk
-from bench.lab import Agents, root_sql, wipe
+from bench.lab import Agents, discard, root_sql, wipe
 from bench.procstat import CpuSampler, cpu_seconds, global_status, peak_rss_mb
 from bench.rpo import percentile, run_rpo
 from seafbackup_lab.lab import Lab
@@ -154,7 +153,7 @@ def initial(lab: Lab, plan: Plan, work: Path, log) -> dict:
     src = lab.primary.seafile_data_dir / "storage"
     size, objects = _du_bytes(src)
     copies = work / "initial-copies"
-    shutil.rmtree(copies, ignore_errors=True)
+    discard(lab, copies)
     copies.mkdir(parents=True)
     subprocess.run(["sync"], check=True)
     results: dict[str, dict] = {}
@@ -186,7 +185,7 @@ def initial(lab: Lab, plan: Plan, work: Path, log) -> dict:
     count = max(1, size // MiB)
     baseline("dd", ["dd", "if=/dev/zero", f"of={copies / 'dd.bin'}", "bs=1M", f"count={count}", "conv=fsync",
                     "status=none"], copies / "dd.bin")
-    shutil.rmtree(copies, ignore_errors=True)
+    discard(lab, copies)
     return {"files": plan.initial_files, "file_size": plan.initial_file_size, "bytes": size, "objects": objects,
             "tools": results}
 
@@ -207,7 +206,7 @@ def incremental(lab: Lab, plan: Plan, work: Path, log, *, repeats: int = 3) -> d
         bulk.copy_storage(lab.primary.seafile_data_dir, lab.backup.seafile_data_dir)
         bulk.seed_backup_rows(lab.backup, bulk.heads(lab.primary))
         mirror = work / "incremental-rsync"
-        shutil.rmtree(mirror, ignore_errors=True)
+        discard(lab, mirror)
         mirror.parent.mkdir(parents=True, exist_ok=True)
         # Hard links as for the backup: rsync replaces files by rename, never in place.
         subprocess.run(["cp", "-al", str(src), str(mirror)], check=True)
@@ -235,7 +234,7 @@ def incremental(lab: Lab, plan: Plan, work: Path, log, *, repeats: int = 3) -> d
             rss = _agents_rss(agents)
         finally:
             agents.close()
-        shutil.rmtree(mirror, ignore_errors=True)
+        discard(lab, mirror)
         points.append({"objects": objects, "paths": stored, "agent": agent_s, "rsync": rsync_s, "engine": engine_s,
                        "agent_median": sorted(agent_s)[len(agent_s) // 2],
                        "engine_median": sorted(engine_s)[len(engine_s) // 2],
