@@ -118,8 +118,10 @@ syncing:
   returned: always
   type: list
   elements: str
-failed:
-  description: Libraries that failed to sync, with the reason and the number of attempts.
+failed_libraries:
+  description:
+    - Libraries that failed to sync, with the reason and the number of attempts.
+    - Not called C(failed), which Ansible reads as the task's own failure flag.
   returned: always
   type: list
   elements: dict
@@ -217,12 +219,13 @@ def replication_state(module):
 
 
 def summarize(doc, now):
-    by_state = {"synchronized": [], "waiting": [], "syncing": [], "failed": []}
+    by_state = {"synchronized": [], "waiting": [], "syncing": [], "failed_libraries": []}
     lag = {}
     for lib in doc["libraries"]:
         state = lib["state"]
         if state == "failed":
-            by_state[state].append({"repo_id": lib["repo_id"], "reason": lib["reason"], "attempts": lib["attempts"]})
+            by_state["failed_libraries"].append(
+                {"repo_id": lib["repo_id"], "reason": lib["reason"], "attempts": lib["attempts"]})
         else:
             by_state[state].append(lib["repo_id"])
         if state != "synchronized":
@@ -270,9 +273,9 @@ def main():
         "waited": round(time.monotonic() - started, 2),
         **by_state,
     }
-    if p["fail_on_failed"] and by_state["failed"]:
-        ids = ", ".join(f["repo_id"] for f in by_state["failed"])
-        module.fail_json(msg=f"{len(by_state['failed'])} libraries failed to sync: {ids}", **result)
+    if p["fail_on_failed"] and by_state["failed_libraries"]:
+        ids = ", ".join(f["repo_id"] for f in by_state["failed_libraries"])
+        module.fail_json(msg=f"{len(by_state['failed_libraries'])} libraries failed to sync: {ids}", **result)
     if p["max_lag_seconds"] is not None and p["replication"]:
         behind = replication.get("seconds_behind")
         if not replication.get("configured"):
