@@ -34,10 +34,13 @@ def _seaf(host):
     return SeafileServer(host.seafile_conf_dir, host.seafile_data_dir, block_size=64 * 1024)
 
 
-def _agent_status(lab) -> dict | None:
-    backup = lab.backup
-    result = subprocess.run([str(backup.root / "opt/seafbackup/venv/bin/seaf-backup-cmd"), "status", "--json",
-                             "--conf-dir", str(backup.seafile_conf_dir)], capture_output=True, text=True, check=False)
+def _agent_cmd(host, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(host.root / "opt/seafbackup/venv/bin/seaf-backup-cmd"), *args, "--conf-dir",
+                           str(host.seafile_conf_dir)], capture_output=True, text=True, check=False)
+
+
+def _agent_status(lab, host=None) -> dict | None:
+    result = _agent_cmd(host or lab.backup, "status", "--json")
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
@@ -157,6 +160,22 @@ def test_without_confirmation_it_lists_the_libraries_behind_and_changes_nothing(
     assert snapshot(drill) == before
 
 
+def _env_file(path):
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def test_a_failing_pre_hook_aborts_before_anything_changes(drill):
+    seen = drill.dir / "pre-hook.env"
+    before = snapshot(drill)
+    run = run_playbook(drill.dir / "inventory.yml", *CONFIRM, "-e",
+                       json.dumps({"seafbackup_failover_pre_hook": f"env > {seen}; exit 3"}), playbook=FAILOVER)
+    assert run.rc != 0 and "Run the pre-failover hook" in run.output
+    env = _env_file(seen)
+    assert (env["FAILED_HOST"], env["NEW_PRIMARY"], env["FAILED_LIBRARIES"]) == (
+        "primary", "backup", STATE["libraries"]["bad"])
+    assert snapshot(drill) == before
+
+
 def test_the_primary_dies_and_check_mode_shows_the_plan_and_changes_nothing(drill):
     drill.primary.mariadb.kill()
     drill.primary.unit_services[0].stop(sig=signal.SIGKILL)
@@ -171,9 +190,26 @@ def test_the_primary_dies_and_check_mode_shows_the_plan_and_changes_nothing(dril
     print("\n" + run.output)
 
 
+def test_an_unreachable_old_primary_is_reported_and_left_to_the_fence_hook(drill):
+    inventory = drill.dir / "inventory-unreachable.yml"
+    text = (drill.dir / "inventory.yml").read_text()
+    inventory.write_text(text.replace("        primary:\n", "        primary:\n          ansible_connection: ssh\n"
+                                      f"          ansible_host: {drill.primary.address}\n          ansible_port: 9\n"))
+    before = _files_and_backup_server(drill)
+    run = run_playbook(inventory, "--check", "-e", "seafbackup_failover_fence_hook=/usr/local/bin/power-off",
+                       playbook=FAILOVER)
+    assert run.rc == 0, run.output[-6000:]
+    text = " ".join(run.output.split())
+    assert "unreachable: primary, fence hook: /usr/local/bin/power-off" in text
+    assert "Fenced primary: reachable no, database host unreachable - NOT FENCED COMPLETELY" in text
+    assert _files_and_backup_server(drill) == before
+
+
 def test_failover_promotes_the_backup(drill):
     libs = STATE["libraries"]
-    run = run_playbook(drill.dir / "inventory.yml", *CONFIRM, playbook=FAILOVER)
+    hooks = {"seafbackup_failover_fence_hook": f"env > {drill.dir / 'fence-hook.env'}",
+             "seafbackup_failover_post_hook": f"env > {drill.dir / 'post-hook.env'}"}
+    run = run_playbook(drill.dir / "inventory.yml", *CONFIRM, "-e", json.dumps(hooks), playbook=FAILOVER)
     TIMINGS["failover"] = run.seconds
     assert run.rc == 0, run.output[-6000:]
     print("\n" + run.output[-5000:])
@@ -205,8 +241,11 @@ def test_failover_promotes_the_backup(drill):
     marker = json.loads((backup.root / "var/lib/seafbackup/last-failover.json").read_text())
     assert marker["new_primary"] == "backup" and marker["tokens_deleted"] == {libs["bad"]: 1}
     text = " ".join(run.output.split())
-    assert "database does not answer (2003" in text and f"{libs['bad']} (Broken library): failed" in text
+    assert "database does not answer: (2003" in text and f"{libs['bad']} (Broken library): failed" in text
     assert "swap seafile_primary and seafile_backup" in text
+    # The database did not answer: the fence hook ran for the old primary; the post hook ran at the end.
+    assert _env_file(drill.dir / "fence-hook.env")["FAILED_HOST"] == "primary"
+    assert _env_file(drill.dir / "post-hook.env")["FAILED_LIBRARIES"] == libs["bad"]
     # Every synchronized library's whole closure is on the new primary.
     for name in ("good", "plain"):
         head = _backup_head(drill, "backup", libs[name])
@@ -244,6 +283,15 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill):
         head = new_primary.put_files(fresh, {"new.txt": b"written on the new primary", "big.bin": os.urandom(200_000)})
     _wait_for(lambda: _backup_head(drill, "primary", fresh) == head)
     check_closure(drill.primary.seafile_data_dir, fresh, fresh, head)
+    # The library that was behind at the failover is newer (and broken) on the rebuilt backup than on the new
+    # primary: the agent refuses to move its head back until told to (the runbook's `sync --force`).
+    bad = STATE["libraries"]["bad"]
+    failed = {lib["repo_id"]: lib["reason"] for lib in _agent_status(drill, drill.primary)["libraries"]
+              if lib["state"] == "failed"}
+    assert list(failed) == [bad] and "does not descend" in failed[bad]
+    forced = _agent_cmd(drill.primary, "sync", "--force", bad)
+    assert forced.returncode == 0, forced.stderr
+    assert _backup_head(drill, "primary", bad) == _backup_head(drill, "backup", bad)
     assert re.search(r"backup\s+: ok=\d+\s+changed=[1-9]", run.output)
 
 
