@@ -58,6 +58,38 @@ def seafbackup_ini_value(text, section, option, default=""):
     return parser.get(section, option, fallback=default)
 
 
+def seafbackup_libraries_behind(status, names=None):
+    """seafbackup_status's result -> every library not synchronized: [{repo_id, name, state, reason}].
+
+    `names` is the rows of ``SELECT repo_id, name FROM RepoInfo`` (a list of dicts); unknown names are ``?``.
+    """
+    known = {row["repo_id"]: row["name"] for row in names or []}
+    behind = [{"repo_id": lib["repo_id"], "state": "failed", "reason": lib.get("reason", "")}
+              for lib in status.get("failed_libraries", [])]
+    behind += [{"repo_id": repo_id, "state": state, "reason": ""}
+               for state in ("syncing", "waiting") for repo_id in status.get(f"{state}_libraries", [])]
+    for lib in behind:
+        lib["name"] = known.get(lib["repo_id"], "?")
+    return behind
+
+
+def seafbackup_library_line(lib):
+    """One library behind, for people: ``<id> (<name>): failed: <reason>``."""
+    line = f"{lib['repo_id']} ({lib.get('name', '?')}): {lib['state']}"
+    return f"{line}: {lib['reason']}" if lib.get("reason") else line
+
+
+def seafbackup_fence_line(fence):
+    """How one old primary host was fenced, for people."""
+    line = f"Fenced {fence['host']}: reachable {'yes' if fence['reachable'] else 'no'}, database {fence['database']}"
+    return line if fence["complete"] else line + " - NOT FENCED COMPLETELY"
+
+
+def seafbackup_pair_line(item):
+    """{'key': k, 'value': v} -> 'k: v'."""
+    return f"{item['key']}: {item['value']}"
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -66,4 +98,8 @@ class FilterModule:
             "seafbackup_replica_status": seafbackup_replica_status,
             "seafbackup_binlog_expire": seafbackup_binlog_expire,
             "seafbackup_ini_value": seafbackup_ini_value,
+            "seafbackup_libraries_behind": seafbackup_libraries_behind,
+            "seafbackup_library_line": seafbackup_library_line,
+            "seafbackup_fence_line": seafbackup_fence_line,
+            "seafbackup_pair_line": seafbackup_pair_line,
         }

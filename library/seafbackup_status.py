@@ -119,7 +119,9 @@ syncing_libraries:
   type: list
   elements: str
 failed_libraries:
-  description: Libraries that failed to sync, with the reason and the number of attempts.
+  description:
+    - Libraries that failed to sync, with the reason and the number of attempts.
+    - Not called C(failed), which Ansible reads as the task's own failure flag.
   returned: always
   type: list
   elements: dict

@@ -97,6 +97,11 @@ def _mariadb(v):
             "last_sql_errno": "Last_SQL_Errno",
             "last_sql_error": "Last_SQL_Error",
             "ignore_tables": "Replicate_Ignore_Table",
+            # What the IO thread received and what the SQL thread applied (the failover gate compares them).
+            "received_log_file": "Master_Log_File",
+            "received_log_pos": "Read_Master_Log_Pos",
+            "applied_log_file": "Relay_Master_Log_File",
+            "applied_log_pos": "Exec_Master_Log_Pos",
         },
         # The GTID position the primary has written, and how the backup waits for it.
         "gtid_position_query": "SELECT @@GLOBAL.gtid_binlog_pos",
@@ -163,6 +168,10 @@ def _mysql(v):
             "last_sql_errno": "Last_SQL_Errno",
             "last_sql_error": "Last_SQL_Error",
             "ignore_tables": "Replicate_Ignore_Table",
+            "received_log_file": "Source_Log_File" if modern else "Master_Log_File",
+            "received_log_pos": "Read_Source_Log_Pos" if modern else "Read_Master_Log_Pos",
+            "applied_log_file": "Relay_Source_Log_File" if modern else "Relay_Master_Log_File",
+            "applied_log_pos": "Exec_Source_Log_Pos" if modern else "Exec_Master_Log_Pos",
         },
         "gtid_position_query": "SELECT @@GLOBAL.gtid_executed",
         "set_replica_gtid": "SET GLOBAL gtid_purged = %s",
@@ -277,4 +286,7 @@ def replica_status(flav, row):
     status["io_running"] = str(status["io_running"] or "")
     status["sql_running"] = str(status["sql_running"] or "")
     status["running"] = status["io_running"] == "Yes" and status["sql_running"] == "Yes"
+    # The SQL thread has applied everything the IO thread received (nothing left in the relay log).
+    status["applied_all"] = (status.get("received_log_file"), str(status.get("received_log_pos"))) == (
+        status.get("applied_log_file"), str(status.get("applied_log_pos")))
     return status

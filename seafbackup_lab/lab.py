@@ -195,8 +195,11 @@ def _schema_statements(db: str) -> list[str]:
 
 
 def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: str = "local",
-                     ssh_key: Path | None = None, ssh_port: int = 2222) -> str:
+                     ssh_key: Path | None = None, ssh_port: int = 2222, swap: bool = False) -> str:
     """The Ansible inventory for a lab. `lab_dir_expr` lets the committed inventory stay relative.
+
+    `swap` puts the host ``backup`` in group seafile_primary and ``primary`` in seafile_backup: the pair after a
+    failover, for rebuilding the old primary as the new backup. Host names, paths and server ids stay per host.
 
     `connection` ``ssh`` or ``paramiko`` reaches each host through the lab's sshd (`seafbackup_lab.sshd`) with
     `ssh_key`; the connection settings are per host so that `localhost` (the control node) stays local.
@@ -217,7 +220,10 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: s
         "    seafbackup_agent_user: root",
         "  children:",
     ]
-    for group, name in (("seafile_primary", "primary"), ("seafile_backup", "backup")):
+    groups = (("seafile_primary", "primary"), ("seafile_backup", "backup"))
+    if swap:
+        groups = (("seafile_primary", "backup"), ("seafile_backup", "primary"))
+    for group, name in groups:
         host = lab.hosts[name]
         lines += [
             f"    {group}:",
@@ -250,6 +256,7 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: s
             '          seafbackup_agent_seafile_data_dir: "{{ seafbackup_seafile_data_dir }}"',
             '          seafbackup_agent_venv: "{{ seafbackup_host_root }}/opt/seafbackup/venv"',
             '          seafbackup_agent_state_dir: "{{ seafbackup_host_root }}/var/lib/seafbackup"',
+            '          seafbackup_failover_marker_file: "{{ seafbackup_agent_state_dir }}/last-failover.json"',
             '          seafbackup_agent_unit_dir: "{{ seafbackup_host_root }}/etc/systemd/system"',
             '          seafbackup_agent_bin_dir: "{{ seafbackup_host_root }}/usr/local/bin"',
             f"          seafbackup_agent_listen_address: {host.address}",
