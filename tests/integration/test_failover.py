@@ -2,9 +2,10 @@
 
 One lab (`playbook_lab`, reset first), tests in file order: the pair is set up with three libraries (two with
 sync tokens) and one library made to fail on the backup; the gates refuse while replication is behind and
-without confirmation; the primary's database and agent die; check mode shows the plan and changes nothing; the
-failover promotes the backup; a second run changes nothing; the old primary comes back and setup_backup.yml with
-the groups swapped makes it the new backup, which replicates and syncs.
+without confirmation, a failing pre-hook aborts; the primary's database and agent die; check mode shows the plan
+and changes nothing (also with the old primary unreachable over SSH); the failover promotes the backup; a second
+run changes nothing; the old primary comes back and setup_backup.yml with the groups swapped makes it the new
+backup, which replicates and syncs.
 """
 
 from __future__ import annotations
