@@ -91,19 +91,14 @@ replication_after:
 
 import re
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.seafbackup_flavour import describe
 except ImportError:  # pragma: no cover
     describe = None
 
-try:
-    import pymysql
-
-    HAS_PYMYSQL = True
-except ImportError:  # pragma: no cover
-    HAS_PYMYSQL = False
+from ansible.module_utils.seafbackup_login import LOGIN_ARGUMENT_SPEC, MySQLError, connect
 
 REPO_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 DB_NAME = re.compile(r"^[A-Za-z0-9_$]+$")
@@ -166,19 +161,13 @@ def _shown(sql):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "login_unix_socket": {"type": "path"},
-            "login_host": {"type": "str", "default": "localhost"},
-            "login_port": {"type": "int", "default": 3306},
-            "login_user": {"type": "str", "default": "root"},
-            "login_password": {"type": "str", "no_log": True},
+            **LOGIN_ARGUMENT_SPEC,
             "seafile_db": {"type": "str", "default": "seafile_db"},
             "failed_libraries": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     p = module.params
-    if not HAS_PYMYSQL:
-        module.fail_json(msg=missing_required_lib("PyMySQL"))
     if describe is None:
         module.fail_json(msg="module_utils seafbackup_flavour is missing")
     if not DB_NAME.match(p["seafile_db"]):
@@ -187,14 +176,7 @@ def main():
     if bad:
         module.fail_json(msg=f"malformed library ids: {', '.join(bad)}")
     failed = sorted(set(p["failed_libraries"]))
-    try:
-        conn = pymysql.connect(
-            unix_socket=p["login_unix_socket"], host=p["login_host"], port=p["login_port"], user=p["login_user"],
-            password=p["login_password"] or "", connect_timeout=5, autocommit=True,
-            cursorclass=pymysql.cursors.DictCursor,
-        )
-    except pymysql.MySQLError as exc:
-        module.fail_json(msg=f"cannot connect to the backup's database server: {exc}")
+    conn = connect(module, "the backup's database server")
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION() AS v")
@@ -216,7 +198,7 @@ def main():
             for sql, params in statements:
                 try:
                     cur.execute(sql, params)
-                except pymysql.MySQLError as exc:
+                except MySQLError as exc:
                     module.fail_json(msg=f"{_shown(sql)} failed: {exc}", **result)
             result["replication_after"] = replication_state(cur, flavour)
     finally:

@@ -146,19 +146,14 @@ waited:
 import json
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.seafbackup_flavour import describe
 except ImportError:  # pragma: no cover - shipped with the collection of roles
     describe = None
 
-try:
-    import pymysql
-
-    HAS_PYMYSQL = True
-except ImportError:  # pragma: no cover
-    HAS_PYMYSQL = False
+from ansible.module_utils.seafbackup_login import LOGIN_ARGUMENT_SPEC, connect
 
 AGENT_NOT_RUNNING = 4
 
@@ -177,21 +172,7 @@ def agent_status(module):
 
 
 def replication_state(module):
-    if not HAS_PYMYSQL:
-        module.fail_json(msg=missing_required_lib("PyMySQL"))
-    p = module.params
-    try:
-        conn = pymysql.connect(
-            unix_socket=p["login_unix_socket"],
-            host=p["login_host"],
-            port=p["login_port"],
-            user=p["login_user"],
-            password=p["login_password"] or "",
-            connect_timeout=5,
-            cursorclass=pymysql.cursors.DictCursor,
-        )
-    except pymysql.MySQLError as exc:
-        module.fail_json(msg=f"cannot connect to the backup's database server: {exc}")
+    conn = connect(module, "the backup's database server")
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION() AS v")
@@ -239,11 +220,7 @@ def main():
         argument_spec={
             "conf_dir": {"type": "path", "default": "/opt/seafile/conf"},
             "agent_cmd": {"type": "path", "default": "/opt/seafbackup/venv/bin/seaf-backup-cmd"},
-            "login_unix_socket": {"type": "path"},
-            "login_host": {"type": "str", "default": "localhost"},
-            "login_port": {"type": "int", "default": 3306},
-            "login_user": {"type": "str", "default": "root"},
-            "login_password": {"type": "str", "no_log": True},
+            **LOGIN_ARGUMENT_SPEC,
             "replication": {"type": "bool", "default": True},
             "wait_synchronized": {"type": "bool", "default": False},
             "timeout": {"type": "int", "default": 300},

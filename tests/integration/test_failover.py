@@ -126,7 +126,7 @@ def drill(playbook_lab):
                if p.is_file() and p.read_bytes() == b"will be corrupted on disk"]
     block.write_bytes(b"corrupted")
     _lab_cmd(lab, "service", "backup", "agent", "start")
-    doc = _wait_for(lambda: (d := _agent_status(lab)) and d["counts"]["failed"] == 1 and d)
+    doc = _wait_for(lambda: (d := _agent_status(lab)) and d["counts"]["failed"] == 1 and d, timeout=60)
     assert [lib["repo_id"] for lib in doc["libraries"] if lib["state"] == "failed"] == [bad]
     STATE["libraries"] = {"good": good, "bad": bad, "plain": plain}
     return lab
@@ -287,8 +287,12 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill):
     # The library that was behind at the failover is newer (and broken) on the rebuilt backup than on the new
     # primary: the agent refuses to move its head back until told to (the runbook's `sync --force`).
     bad = STATE["libraries"]["bad"]
-    failed = {lib["repo_id"]: lib["reason"] for lib in _agent_status(drill, drill.primary)["libraries"]
-              if lib["state"] == "failed"}
+
+    def failed_now():
+        return {lib["repo_id"]: lib["reason"] for lib in _agent_status(drill, drill.primary)["libraries"]
+                if lib["state"] == "failed"}
+
+    failed = _wait_for(failed_now, timeout=60)
     assert list(failed) == [bad] and "does not descend" in failed[bad]
     forced = _agent_cmd(drill.primary, "sync", "--force", bad)
     assert forced.returncode == 0, forced.stderr

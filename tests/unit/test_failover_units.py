@@ -15,7 +15,9 @@ def _load(name, path):
     return module
 
 
-flavour_mod = _load("seafbackup_flavour_for_failover", ROOT / "module_utils/seafbackup_flavour.py")
+# The modules import their module_utils as Ansible ships them: ansible.module_utils.<name>.
+flavour_mod = _load("ansible.module_utils.seafbackup_flavour", ROOT / "module_utils/seafbackup_flavour.py")
+_load("ansible.module_utils.seafbackup_login", ROOT / "module_utils/seafbackup_login.py")
 failover = _load("seafbackup_failover_under_test", ROOT / "library/seafbackup_failover.py")
 filters = _load("seafbackup_filters_for_failover", ROOT / "filter_plugins/seafbackup.py")
 
