@@ -14,9 +14,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from seafbackup_lab.lab import DATABASES, Lab, LabHost
+from seafbackup_lab.lab import DATABASES, Lab, LabHost, pair_agents, unpair_agents
 
-TOKEN = "0123456789abcdef0123456789abcdef01234567"
 ADDR_PREFIX = os.environ.get("SEAFBACKUP_BENCH_ADDR_PREFIX", "127.0.3.1")
 WORKERS = 2
 """The backup agent's `[backup] workers` (the product's default)."""
@@ -78,12 +77,6 @@ def _listening(address: str, port: int) -> bool:
         return False
 
 
-def _set_backup_section(conf_dir: Path, section: str) -> None:
-    path = conf_dir / "seafile.conf"
-    text = path.read_text().split("\n[backup]\n")[0].rstrip("\n") + "\n"
-    path.write_text(text + ("\n[backup]\n" + section if section else ""))
-
-
 class Agents:
     """Both agents of a lab, as `seaf-backup-cmd agent` processes; logs and state in `work`."""
 
@@ -95,12 +88,7 @@ class Agents:
         shutil.rmtree(self.work / "state", ignore_errors=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.profilers: list[subprocess.Popen] = []
-        p, b = lab.primary.address, lab.backup.address
-        _set_backup_section(lab.primary.seafile_conf_dir,
-                            f"backup_url = http://{b}:8091\nsync_token = {TOKEN}\nlisten = {p}:8090\n")
-        _set_backup_section(lab.backup.seafile_conf_dir,
-                            f"primary_url = http://{p}:8090\nsync_token = {TOKEN}\nsync_poll_interval = {poll_hours}\n"
-                            f"listen = {b}:8091\nstate_dir = {self.work / 'state'}\nworkers = {workers}\n")
+        pair_agents(lab, state_dir=self.work / "state", poll_hours=poll_hours, workers=workers)
 
     def start(self, name: str) -> int:
         host = self.lab.hosts[name]
@@ -157,8 +145,7 @@ class Agents:
                 profiler.wait(timeout=30)  # py-spy writes its file when the agent exits
             except subprocess.TimeoutExpired:
                 profiler.terminate()
-        for host in self.lab.hosts.values():
-            _set_backup_section(host.seafile_conf_dir, "")
+        unpair_agents(self.lab)
 
     def log_path(self, name: str) -> Path:
         return self.work / f"{name}-agent.log"

@@ -264,3 +264,29 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: s
             '{action}"',
         ]
     return "\n".join(lines) + "\n"
+
+
+LAB_SYNC_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _set_backup_section(conf_dir: Path, section: str) -> None:
+    path = conf_dir / "seafile.conf"
+    text = path.read_text().split("\n[backup]\n")[0].rstrip("\n") + "\n"
+    path.write_text(text + ("\n[backup]\n" + section if section else ""))
+
+
+def pair_agents(lab: Lab, *, state_dir: Path, poll_hours: float = 1.0, workers: int = 2,
+                token: str = LAB_SYNC_TOKEN) -> None:
+    """Write the `[backup]` sections that make the lab's hosts a pair, as setup_backup.yml would, for tests and
+    benchmarks that run the agents by hand (primary agent on :8090, backup agent on :8091)."""
+    p, b = lab.primary.address, lab.backup.address
+    _set_backup_section(lab.primary.seafile_conf_dir, f"backup_url = http://{b}:8091\nsync_token = {token}\n"
+                                                      f"listen = {p}:8090\n")
+    _set_backup_section(lab.backup.seafile_conf_dir,
+                        f"primary_url = http://{p}:8090\nsync_token = {token}\nsync_poll_interval = {poll_hours}\n"
+                        f"listen = {b}:8091\nstate_dir = {state_dir}\nworkers = {workers}\n")
+
+
+def unpair_agents(lab: Lab) -> None:
+    for host in lab.hosts.values():
+        _set_backup_section(host.seafile_conf_dir, "")

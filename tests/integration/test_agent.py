@@ -14,17 +14,10 @@ from pathlib import Path
 import pytest
 
 from seafbackup_agent.cli.agent_cmds import format_status
+from seafbackup_lab.lab import LAB_SYNC_TOKEN, pair_agents, unpair_agents
 from seafbackup_lab.writer import Put, bulk_files
 from tests.conftest import root_sql as _root_sql
 from tests.seafile_checks import check_closure, head_files
-
-TOKEN = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _set_backup_section(conf_dir: Path, section: str) -> None:
-    path = conf_dir / "seafile.conf"
-    text = path.read_text().split("\n[backup]\n")[0].rstrip("\n") + "\n"
-    path.write_text(text + ("\n[backup]\n" + section if section else ""))
 
 
 class Agents:
@@ -32,12 +25,7 @@ class Agents:
         self.lab = lab
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen] = {}
-        p, b = lab.primary.address, lab.backup.address
-        _set_backup_section(lab.primary.seafile_conf_dir,
-                            f"backup_url = http://{b}:8091\nsync_token = {TOKEN}\nlisten = {p}:8090\n")
-        _set_backup_section(lab.backup.seafile_conf_dir,
-                            f"primary_url = http://{p}:8090\nsync_token = {TOKEN}\nsync_poll_interval = 0.002\n"
-                            f"listen = {b}:8091\nstate_dir = {tmp / 'state'}\nworkers = 2\n")
+        pair_agents(lab, state_dir=tmp / "state", poll_hours=0.002, workers=2)
 
     def start(self, name: str) -> None:
         host = self.lab.hosts[name]
@@ -89,8 +77,7 @@ def agents(lab, backup_db_privileges, tmp_path):
     yield a
     for name in list(a.procs):
         a.stop(name, signal.SIGKILL)
-    for host in lab.hosts.values():
-        _set_backup_section(host.seafile_conf_dir, "")
+    unpair_agents(lab)
 
 
 def _backup_head(lab, repo):
@@ -145,7 +132,7 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     metrics = subprocess.run(["curl", "-s", "--unix-socket", str(agents.tmp / "state/agent.sock"),
                               "http://agent/metrics"], capture_output=True, text=True).stdout
     assert 'seafbackup_libraries{state="synchronized"} 4.0' in metrics
-    assert TOKEN not in agents.log("primary") + agents.log("backup")
+    assert LAB_SYNC_TOKEN not in agents.log("primary") + agents.log("backup")
 
     assert agents.stop("backup") == 0  # SIGTERM: orderly shutdown
     assert agents.stop("primary") == 0
