@@ -1,25 +1,12 @@
 """The database side of a failover (library/seafbackup_failover.py) and the failover filters, without a server."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from tests.ansible_files import ROOT, load
 
 # The modules import their module_utils as Ansible ships them: ansible.module_utils.<name>.
-flavour_mod = _load("ansible.module_utils.seafbackup_flavour", ROOT / "module_utils/seafbackup_flavour.py")
-_load("ansible.module_utils.seafbackup_login", ROOT / "module_utils/seafbackup_login.py")
-failover = _load("seafbackup_failover_under_test", ROOT / "library/seafbackup_failover.py")
-filters = _load("seafbackup_filters_for_failover", ROOT / "filter_plugins/seafbackup.py")
+flavour_mod = load("ansible.module_utils.seafbackup_flavour", ROOT / "module_utils/seafbackup_flavour.py")
+load("ansible.module_utils.seafbackup_login", ROOT / "module_utils/seafbackup_login.py")
+failover = load("seafbackup_failover_under_test", ROOT / "library/seafbackup_failover.py")
+filters = load("seafbackup_filters_for_failover", ROOT / "filter_plugins/seafbackup.py")
 
 BAD = "3f0d5f5e-0a57-4c43-8d1e-6a31b6e0b6a2"
 

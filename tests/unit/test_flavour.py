@@ -1,24 +1,11 @@
 """The flavour table (module_utils/seafbackup_flavour.py): every supported server, statement by statement."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.ansible_files import ROOT, load
 
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-flavour_mod = _load("seafbackup_flavour_under_test", ROOT / "module_utils/seafbackup_flavour.py")
-filters = _load("seafbackup_filters_under_test", ROOT / "filter_plugins/seafbackup.py")
+flavour_mod = load("seafbackup_flavour_under_test", ROOT / "module_utils/seafbackup_flavour.py")
+filters = load("seafbackup_filters_under_test", ROOT / "filter_plugins/seafbackup.py")
 
 MARIADB = ["10.5.23-MariaDB", "10.11.6-MariaDB-0+deb12u1", "5.5.5-10.6.18-MariaDB-log", "11.4.3-MariaDB-ubu2404"]
 MYSQL_80_OLD = "8.0.21"
