@@ -51,9 +51,9 @@ def discard(lab: Lab, path: Path) -> None:
         path.rename(trash / f"{path.name}-{time.time_ns()}")
 
 
-def wipe(lab: Lab) -> None:
-    """Empty both hosts' Seafile data and tables (servers keep running)."""
-    for host in lab.hosts.values():
+def wipe(lab: Lab, *, hosts: tuple[str, ...] = ("primary", "backup")) -> None:
+    """Empty the hosts' Seafile data and tables (servers keep running)."""
+    for host in (lab.hosts[name] for name in hosts):
         conn = host.mariadb.root_connection()
         try:
             with conn.cursor() as cur:

@@ -43,12 +43,12 @@ def check_closure(data_dir: Path, repo_id: str, store_id: str, head: str, *, sto
         seen.commits.add(cid)
         if stop_before is not None and commit["ctime"] < stop_before:
             continue
-        _check_tree(data_dir, store_id, commit["root_id"], seen)
+        check_tree(data_dir, store_id, commit["root_id"], seen)
         pending += [p for p in (commit.get("parent_id"), commit.get("second_parent_id")) if p]
     return seen
 
 
-def _check_tree(data_dir: Path, store: str, dir_id: str, seen: Closure) -> None:
+def check_tree(data_dir: Path, store: str, dir_id: str, seen: Closure) -> None:
     stack = [dir_id]
     while stack:
         oid = stack.pop()

@@ -28,7 +28,7 @@ from seafbackup_agent.seafile.objects import (
     parse_fs_object,
     verify_block,
 )
-from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.seafile.storage import ObjType, WriteBatch
 from seafbackup_agent.sync.result import (
     NotDescendantError,
     Outcome,
@@ -45,11 +45,20 @@ ANCESTRY_CTIME_SLACK = 86400
 """How far below the backup head's ctime the ancestry check looks (clients' clocks are not exact)."""
 
 
+SMALL_BLOCK = 1 << 20
+"""Blocks of single-block files up to this size are fetched many per request (their size is known
+from the file object); larger ones, one request each, streamed."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     block_concurrency: int = 8
+    """Block requests in flight (a request is one large block or one pack of small ones)."""
     fs_batch: int = 512
-    durable: bool = True
+    dir_concurrency: int = 4
+    """Directories copied side by side (beyond these, subdirectories are copied in line)."""
+    block_pack_bytes: int = 4 << 20
+    block_pack_count: int = 1000
 
 
 @dataclass(slots=True)
@@ -60,6 +69,8 @@ class _Run:
     force: bool
     deep: bool
     result: SyncResult
+    writes: WriteBatch
+    dir_tasks: int = 0
     commit_id: str = ""
     version: int = 1
     new_commits: dict[str, Commit] = field(default_factory=dict)
@@ -98,16 +109,23 @@ class SyncEngine:
             return SyncResult(repo_id, Outcome.UNCHANGED, old_head, old_head)
 
         gc_id = await asyncio.to_thread(rows.gc_id, meta.store_id)
-        run = _Run(meta, force, deep, SyncResult(repo_id, Outcome.SYNCHRONIZED, old_head, meta.head, forced=force))
-        stops = await self._find_new_commits(run)
-        if old_head is not None and old_head not in stops and not deep:
-            await self._check_descends(run, old_head, stops)
-        for commit in run.new_commits.values():
-            run.commit_id, run.version = commit.commit_id, commit.version
-            await self._copy_tree(run, commit.root_id)
-        for commit in _oldest_first(run.new_commits):
-            await self._write(ObjType.COMMITS, repo_id, commit.commit_id, commit.raw, run)
-            run.result.commits += 1
+        run = _Run(meta, force, deep, SyncResult(repo_id, Outcome.SYNCHRONIZED, old_head, meta.head, forced=force),
+                   self.target.store.batch())
+        try:
+            stops = await self._find_new_commits(run)
+            if old_head is not None and old_head not in stops and not deep:
+                await self._check_descends(run, old_head, stops)
+            for commit in run.new_commits.values():
+                run.commit_id, run.version = commit.commit_id, commit.version
+                await self._copy_tree(run, commit.root_id)
+            commits = list(_oldest_first(run.new_commits))
+            await self._put(run, [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits])
+            run.result.commits += len(commits)
+            run.result.bytes += sum(len(c.raw) for c in commits)
+            await asyncio.to_thread(run.writes.seal)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(run.writes.discard))
+            raise
         await asyncio.to_thread(
             publish_head,
             rows.conn,
@@ -129,7 +147,8 @@ class SyncEngine:
     def _have(self, obj_type: ObjType, store_id: str, obj_id: str, run: _Run) -> bool:
         if run.deep and obj_type is not ObjType.BLOCKS:
             return False
-        return self.target.store.exists(obj_type, store_id, obj_id)
+        # Staged first: a flush between the two checks moves the object from the batch to the store.
+        return run.writes.has(obj_type, store_id, obj_id) or self.target.store.exists(obj_type, store_id, obj_id)
 
     async def _find_new_commits(self, run: _Run) -> set[str]:
         """Walk back from the source head (both parents) to commits the target has or the history
@@ -230,53 +249,111 @@ class SyncEngine:
         objects = await self._fetch_fs(run, [d.id for d in children])
         files = {d.id: objects[d.id] for d in children if d.is_file and d.id in objects}
         await self._copy_files(run, files)
-        for d in children:
-            # Checked again: the same directory may occur twice, and the first copy is complete.
-            if d.is_dir and d.id in objects and not self._have(ObjType.FS, store_id, d.id, run):
-                await self._copy_dir(run, d.id, objects[d.id])
-        await self._write(ObjType.FS, store_id, dir_id, raw, run)
+        subdirs = dict.fromkeys(d.id for d in children if d.is_dir and d.id in objects)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for sub_id in subdirs:
+                    # Checked again: the same directory may occur twice, and the first copy is complete.
+                    if self._have(ObjType.FS, store_id, sub_id, run):
+                        continue
+                    if run.dir_tasks < self.options.dir_concurrency:
+                        run.dir_tasks += 1
+                        group.create_task(self._copy_dir_task(run, sub_id, objects[sub_id]))
+                    else:
+                        await self._copy_dir(run, sub_id, objects[sub_id])
+        except BaseExceptionGroup as failed:
+            # The first failure as itself (SourceObjectError, OSError...); the other tasks were cancelled.
+            raise failed.exceptions[0] from None
+        # Only now, with its whole subtree put: the batch places objects in the order they were put.
+        await self._put(run, [(ObjType.FS, store_id, dir_id, raw)])
         run.result.fs_objects += 1
+        run.result.bytes += len(raw)
+
+    async def _copy_dir_task(self, run: _Run, dir_id: str, fetched: tuple[SeafDir | SeafFile, bytes]) -> None:
+        try:
+            await self._copy_dir(run, dir_id, fetched)
+        finally:
+            run.dir_tasks -= 1
 
     async def _copy_files(self, run: _Run, files: dict[str, tuple[SeafDir | SeafFile, bytes]]) -> None:
         store_id = run.meta.store_id
-        blocks: dict[str, None] = {}
+        small: dict[str, int] = {}
+        large: dict[str, None] = {}
         for file_id, (seaffile, _raw) in files.items():
             if not isinstance(seaffile, SeafFile):
                 self._object_failed(run, "fs", file_id, run.commit_id, "a file entry points at a directory object")
                 continue
+            single = len(seaffile.block_ids) == 1 and seaffile.size <= SMALL_BLOCK
             for block_id in seaffile.block_ids:
-                if not self.target.store.exists(ObjType.BLOCKS, store_id, block_id):
-                    blocks[block_id] = None
-        await asyncio.gather(*(self._copy_block(run, block_id) for block_id in blocks))
-        writes = [
-            self._write(ObjType.FS, store_id, file_id, raw, run)
-            for file_id, (seaffile, raw) in files.items()
-            if isinstance(seaffile, SeafFile)
-        ]
-        await asyncio.gather(*writes)
-        run.result.fs_objects += len(writes)
+                if block_id in small or block_id in large or self._have(ObjType.BLOCKS, store_id, block_id, run):
+                    continue
+                if single:
+                    small[block_id] = seaffile.size
+                else:
+                    large[block_id] = None
+        await asyncio.gather(
+            *(self._copy_block_pack(run, pack) for pack in self._packs(small)),
+            *(self._copy_large_block(run, block_id) for block_id in large),
+        )
+        objects = [(ObjType.FS, store_id, file_id, raw)
+                   for file_id, (seaffile, raw) in files.items() if isinstance(seaffile, SeafFile)]
+        await self._put(run, objects)
+        run.result.fs_objects += len(objects)
+        run.result.bytes += sum(len(raw) for _t, _s, _i, raw in objects)
 
-    async def _copy_block(self, run: _Run, block_id: str) -> None:
-        store_id = run.meta.store_id
+    def _packs(self, sizes: dict[str, int]) -> list[list[str]]:
+        packs: list[list[str]] = []
+        current: list[str] = []
+        total = 0
+        for block_id, size in sizes.items():
+            if current and (total + size > self.options.block_pack_bytes
+                            or len(current) >= self.options.block_pack_count):
+                packs.append(current)
+                current, total = [], 0
+            current.append(block_id)
+            total += size
+        if current:
+            packs.append(current)
+        return packs
+
+    async def _copy_block_pack(self, run: _Run, block_ids: list[str]) -> None:
         async with self._block_slots:
-            data = await self.source.block(store_id, block_id)
-            if data is None:
-                self._object_failed(run, "block", block_id, run.commit_id, "it is missing on the primary")
-                return
-            try:
-                await asyncio.to_thread(verify_block, block_id, data)
-            except FormatError as exc:
-                self._object_failed(run, "block", block_id, run.commit_id, str(exc))
-                return
-            await self._write(ObjType.BLOCKS, store_id, block_id, data, run)
-            run.result.blocks += 1
-            run.result.bytes += len(data)
+            found = await self.source.blocks(run.meta.store_id, block_ids)
+        await self._put_blocks(run, [(block_id, found.get(block_id)) for block_id in block_ids])
 
-    async def _write(self, obj_type: ObjType, store_id: str, obj_id: str, data: bytes, run: _Run) -> None:
-        await asyncio.to_thread(self.target.store.write, obj_type, store_id, obj_id, data,
-                                durable=self.options.durable)
-        if obj_type is not ObjType.BLOCKS:
-            run.result.bytes += len(data)
+    async def _copy_large_block(self, run: _Run, block_id: str) -> None:
+        async with self._block_slots:
+            data = await self.source.block(run.meta.store_id, block_id)
+            await self._put_blocks(run, [(block_id, data)])
+
+    async def _put_blocks(self, run: _Run, blocks: list[tuple[str, bytes | None]]) -> None:
+        """Verify blocks against their ids and stage the good ones, in one worker-thread hop."""
+        store_id = run.meta.store_id
+
+        def verify_and_put() -> tuple[list[tuple[ObjType, str, str, bytes]], list[tuple[str, str]]]:
+            good: list[tuple[ObjType, str, str, bytes]] = []
+            bad: list[tuple[str, str]] = []
+            for block_id, data in blocks:
+                try:
+                    if data is None:
+                        raise FormatError("it is missing on the primary")
+                    verify_block(block_id, data)
+                except FormatError as exc:
+                    bad.append((block_id, str(exc)))
+                    continue
+                good.append((ObjType.BLOCKS, store_id, block_id, data))
+            run.writes.put(good)
+            return good, bad
+
+        good, bad = await asyncio.to_thread(verify_and_put)
+        run.result.blocks += len(good)
+        run.result.bytes += sum(len(data) for _t, _s, _i, data in good)
+        for block_id, reason in bad:
+            self._object_failed(run, "block", block_id, run.commit_id, reason)
+
+    async def _put(self, run: _Run, objects: list[tuple[ObjType, str, str, bytes]]) -> None:
+        if objects:
+            await asyncio.to_thread(run.writes.put, objects)
 
     def _object_failed(self, run: _Run, obj_type: str, obj_id: str, commit_id: str, reason: str) -> None:
         repo_id = run.meta.repo_id

@@ -30,6 +30,10 @@ class ObjectSource(Protocol):
 
     async def block(self, store_id: str, block_id: str) -> bytes | None: ...
 
+    async def blocks(self, store_id: str, block_ids: Sequence[str]) -> dict[str, bytes]:
+        """Several (small) blocks at once; missing ids are left out."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -50,15 +54,21 @@ class LocalSource:
         return self.installation.store.read(ObjType.COMMITS, repo_id, commit_id)
 
     async def fs_objects(self, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]:
-        found = {}
-        for obj_id in obj_ids:
-            data = self.installation.store.read(ObjType.FS, store_id, obj_id)
-            if data is not None:
-                found[obj_id] = data
-        return found
+        return self._read_many(ObjType.FS, store_id, obj_ids)
 
     async def block(self, store_id: str, block_id: str) -> bytes | None:
         return await asyncio.to_thread(self.installation.store.read, ObjType.BLOCKS, store_id, block_id)
+
+    async def blocks(self, store_id: str, block_ids: Sequence[str]) -> dict[str, bytes]:
+        return await asyncio.to_thread(self._read_many, ObjType.BLOCKS, store_id, block_ids)
+
+    def _read_many(self, obj_type: ObjType, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]:
+        found = {}
+        for obj_id in obj_ids:
+            data = self.installation.store.read(obj_type, store_id, obj_id)
+            if data is not None:
+                found[obj_id] = data
+        return found
 
     async def close(self) -> None:
         self.installation.close()

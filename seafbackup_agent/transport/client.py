@@ -301,11 +301,19 @@ class HttpSource(_SignedClient):
         wanted = [ids.object_id(obj_id, "fs object id") for obj_id in dict.fromkeys(obj_ids) if obj_id != ids.EMPTY_ID]
         batches = [wanted[i : i + self.fs_batch] for i in range(0, len(wanted), self.fs_batch)]
         found: dict[str, bytes] = {}
-        for part in await asyncio.gather(*(self._fs_batch(store_id, batch) for batch in batches)):
+        for part in await asyncio.gather(*(self._pack(store_id, "fs", batch) for batch in batches)):
             found.update(part)
         return found
 
-    async def _fs_batch(self, store_id: str, batch: list[str]) -> dict[str, bytes]:
+    async def blocks(self, store_id: str, block_ids: Sequence[str]) -> dict[str, bytes]:
+        """Several blocks in one request (the caller keeps their total size reasonable)."""
+        ids.repo_id(store_id, "store id")
+        wanted = [ids.object_id(block_id, "block id") for block_id in dict.fromkeys(block_ids)]
+        if len(wanted) > MAX_FS_BATCH:
+            raise ValueError(f"at most {MAX_FS_BATCH} blocks per request")
+        return await self._pack(store_id, "blocks", wanted) if wanted else {}
+
+    async def _pack(self, store_id: str, kind: str, batch: list[str]) -> dict[str, bytes]:
         body = json.dumps(batch, separators=(",", ":")).encode()
 
         async def read(response: aiohttp.ClientResponse) -> dict[str, bytes]:
@@ -313,7 +321,7 @@ class HttpSource(_SignedClient):
 
         async with self._parallel:
             return await self._call(
-                "POST", f"/v1/stores/{store_id}/fs", read, body=body, content_type="application/json"
+                "POST", f"/v1/stores/{store_id}/{kind}", read, body=body, content_type="application/json"
             )
 
     async def block(self, store_id: str, block_id: str) -> bytes | None:
@@ -353,18 +361,18 @@ def parse_pack(data: bytes, requested: set[str]) -> dict[str, bytes]:
     size = FRAME.size
     while True:
         if pos + size > len(view):
-            raise ProtocolError("fs batch ended early (no end frame)")
+            raise ProtocolError("object pack ended early (no end frame)")
         raw_id, length = FRAME.unpack_from(view, pos)
         pos += size
         if raw_id == END_FRAME_ID:
             if length != len(found) or pos != len(view):
-                raise ProtocolError("fs batch: end frame does not match what was sent")
+                raise ProtocolError("object pack: end frame does not match what was sent")
             return found
         obj_id = raw_id.decode("ascii", "replace")
         if obj_id not in requested or obj_id in found:
-            raise ProtocolError(f"fs batch: unexpected object {obj_id!r}")
+            raise ProtocolError(f"object pack: unexpected object {obj_id!r}")
         if pos + length > len(view):
-            raise ProtocolError(f"fs batch: object {obj_id} is cut short")
+            raise ProtocolError(f"object pack: object {obj_id} is cut short")
         found[obj_id] = bytes(view[pos : pos + length])
         pos += length
 

@@ -8,6 +8,8 @@ Routes (all under /v1, all signed except health; see signing.py):
     GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON; 404 when the library does not exist
     GET  /v1/libraries/<repo_id>/commits/<id>        the commit's stored bytes; 404 when missing
     POST /v1/stores/<store_id>/fs                    body: JSON list of fs ids; response: pack frames
+    POST /v1/stores/<store_id>/blocks                body: JSON list of block ids; response: pack frames
+                                                     (for small blocks; the client bounds the total size)
     GET  /v1/stores/<store_id>/blocks/<id>           the block's stored bytes, streamed, with Content-Length
     POST /v1/notify  (backup side)                   {"repo_id": ..., "head": <id or null>} -> 202
 
@@ -56,11 +58,12 @@ HEALTH_PATH = f"{API}/health"
 MAX_REQUEST_BODY = 1 << 20
 """Largest request body accepted (413 above): room for MAX_FS_BATCH ids in JSON."""
 MAX_FS_BATCH = 10_000
-"""Most fs ids in one request (400 above); the client sends FS_BATCH (client.py) at a time."""
+"""Most ids in one pack request (400 above); the client sends FS_BATCH (client.py) fs ids at a time."""
 FRAME = struct.Struct(">40sI")
 END_FRAME_ID = EMPTY_ID.encode("ascii")
 BLOCK_CHUNK = 1 << 20
-_FS_READ_CHUNK = 256
+_PACK_READ_BYTES = 1 << 20
+"""A pack response is read from disk and sent in pieces of about this size."""
 _HEADS_CHUNK = 2000
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 SERVER_HEADER = "seafbackup"
@@ -279,45 +282,57 @@ async def _commit(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/octet-stream")
 
 
-def _read_frames(installation: SeafileInstallation, store_id: str, obj_ids: list[str]) -> tuple[bytes, int]:
+def _read_frames(
+    installation: SeafileInstallation, obj_type: ObjType, store_id: str, obj_ids: list[str], start: int
+) -> tuple[bytes, int, int]:
+    """Frames of `obj_ids[start:]` up to about _PACK_READ_BYTES: (frames, objects found, next start)."""
     out = bytearray()
     found = 0
-    for obj_id in obj_ids:
-        data = installation.store.read(ObjType.FS, store_id, obj_id)
+    index = start
+    while index < len(obj_ids) and len(out) < _PACK_READ_BYTES:
+        obj_id = obj_ids[index]
+        index += 1
+        data = installation.store.read(obj_type, store_id, obj_id)
         if data is not None:
             out += FRAME.pack(obj_id.encode("ascii"), len(data))
             out += data
             found += 1
-    return bytes(out), found
+    return bytes(out), found, index
 
 
-async def _fs_objects(request: web.Request) -> web.StreamResponse:
-    store_id = _repo_id(request, "store_id")
-    try:
-        obj_ids = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "body is not JSON")
-    if not isinstance(obj_ids, list):
-        return _error(400, "body must be a JSON list of fs object ids")
-    if len(obj_ids) > MAX_FS_BATCH:
-        return _error(400, f"at most {MAX_FS_BATCH} ids per request")
-    if not all(is_object_id(obj_id) for obj_id in obj_ids):
-        return _error(400, "malformed fs object id")
-    wanted = [obj_id for obj_id in dict.fromkeys(obj_ids) if obj_id != EMPTY_ID]
-    installation = request.app[INSTALLATION]
-    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    await response.prepare(request)
-    sent = 0
-    for start in range(0, len(wanted), _FS_READ_CHUNK):
-        data, found = await asyncio.to_thread(
-            _read_frames, installation, store_id, wanted[start : start + _FS_READ_CHUNK]
-        )
-        if data:
-            await response.write(data)
-        sent += found
-    await response.write(FRAME.pack(END_FRAME_ID, sent))
-    await response.write_eof()
-    return response
+def _pack_handler(obj_type: ObjType) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    what = "fs object" if obj_type is ObjType.FS else "block"
+
+    async def pack(request: web.Request) -> web.StreamResponse:
+        store_id = _repo_id(request, "store_id")
+        try:
+            obj_ids = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "body is not JSON")
+        if not isinstance(obj_ids, list):
+            return _error(400, f"body must be a JSON list of {what} ids")
+        if len(obj_ids) > MAX_FS_BATCH:
+            return _error(400, f"at most {MAX_FS_BATCH} ids per request")
+        if not all(is_object_id(obj_id) for obj_id in obj_ids):
+            return _error(400, f"malformed {what} id")
+        wanted = [obj_id for obj_id in dict.fromkeys(obj_ids) if obj_id != EMPTY_ID]
+        installation = request.app[INSTALLATION]
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        sent = 0
+        index = 0
+        while index < len(wanted):
+            data, found, index = await asyncio.to_thread(
+                _read_frames, installation, obj_type, store_id, wanted, index
+            )
+            if data:
+                await response.write(data)
+            sent += found
+        await response.write(FRAME.pack(END_FRAME_ID, sent))
+        await response.write_eof()
+        return response
+
+    return pack
 
 
 def _open_block(path: str) -> tuple[Any, int] | None:
@@ -378,7 +393,8 @@ def create_primary_app(
     app.router.add_get(f"{API}/libraries", _libraries)
     app.router.add_get(f"{API}/libraries/{{repo_id}}", _library)
     app.router.add_get(f"{API}/libraries/{{repo_id}}/commits/{{commit_id}}", _commit)
-    app.router.add_post(f"{API}/stores/{{store_id}}/fs", _fs_objects)
+    app.router.add_post(f"{API}/stores/{{store_id}}/fs", _pack_handler(ObjType.FS))
+    app.router.add_post(f"{API}/stores/{{store_id}}/blocks", _pack_handler(ObjType.BLOCKS))
     app.router.add_get(f"{API}/stores/{{store_id}}/blocks/{{block_id}}", _block)
     return app
 

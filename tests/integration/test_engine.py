@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -18,13 +19,13 @@ import pytest
 from seafbackup_agent.cli.main import main as cmd_main
 from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.installation import SeafileInstallation
-from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.seafile.storage import ObjType, WriteBatch
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.result import NotDescendantError, Outcome, SourceObjectError, SyncError
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_lab.writer import Delete, Mkdir, Put, Rename, bulk_files
 from tests.conftest import root_sql as _root_sql
-from tests.seafile_checks import check_closure, head_files
+from tests.seafile_checks import Closure, check_closure, check_tree, head_files
 
 
 class Pair:
@@ -120,6 +121,17 @@ def test_incremental_sync_copies_only_what_changed(primary, pair):
     pair.assert_same_files(repo)
 
 
+def _every_visible_object_is_complete(data_dir: Path, repo_id: str) -> None:
+    """What the engine's skip-what-exists walk relies on: every commit on disk has its whole closure
+    (tree, blocks, parents) on disk, so every directory and file object reached from it does too."""
+    for path in (data_dir / "storage" / "commits" / repo_id).glob("??/*"):
+        if not path.name.startswith("."):
+            check_closure(data_dir, repo_id, repo_id, path.parent.name + path.name)
+    for path in (data_dir / "storage" / "fs" / repo_id).glob("??/*"):
+        if not path.name.startswith("."):
+            check_tree(data_dir, repo_id, path.parent.name + path.name, Closure())
+
+
 def test_every_interruption_leaves_the_backup_on_a_complete_snapshot(primary, pair, lab, monkeypatch):
     repo = _rich_library(primary)
     first_head = primary.head(repo)
@@ -130,35 +142,42 @@ def test_every_interruption_leaves_the_backup_on_a_complete_snapshot(primary, pa
     snapshot = lab.backup.seafile_data_dir.parent / "storage-snapshot"
     shutil.copytree(storage, snapshot)
 
-    real_write = pair.target.store.write
-    writes = {"left": 0, "done": 0}
+    # Every filesystem step of a write batch (a temporary file written, an object renamed into
+    # place) is a crash point; batches of 3 objects so that flushes also happen in mid-walk.
+    steps = {"left": 0, "done": 0}
 
-    def failing_write(*args, **kwargs):
-        if writes["left"] == 0:
-            raise OSError("simulated crash")
-        writes["left"] -= 1
-        writes["done"] += 1
-        return real_write(*args, **kwargs)
+    def counted(real):
+        def step(self, *args):
+            if steps["left"] == 0:
+                raise OSError("simulated crash")
+            steps["left"] -= 1
+            steps["done"] += 1
+            return real(self, *args)
+        return step
 
-    monkeypatch.setattr(pair.target.store, "write", failing_write)
+    monkeypatch.setattr(WriteBatch, "_write_temporary", counted(WriteBatch._write_temporary))
+    monkeypatch.setattr(WriteBatch, "_place", counted(WriteBatch._place))
+    small_batches = functools.partial(WriteBatch, pair.target.store, max_objects=3, max_bytes=1 << 30)
+    monkeypatch.setattr(pair.target.store, "batch", small_batches)
     try:
-        writes["left"] = 10_000
+        steps["left"] = 10_000
         pair.sync(repo, options=EngineOptions(block_concurrency=1))
-        total = writes["done"]
+        total = steps["done"]
         pair.target.rows.conn.cursor().execute(
             "UPDATE Branch SET commit_id=%s WHERE repo_id=%s", (first_head, repo))
-        # Crash after each of the copy's writes, from the same starting point every time.
+        # Crash at each step of the copy, from the same starting point every time.
         for allowed in range(total):
             shutil.rmtree(storage)
             shutil.copytree(snapshot, storage)
-            writes["left"] = allowed
+            steps["left"] = allowed
             with pytest.raises(OSError, match="simulated crash"):
                 pair.sync(repo, options=EngineOptions(block_concurrency=1))
             assert pair.assert_consistent(repo) == first_head
+            _every_visible_object_is_complete(lab.backup.seafile_data_dir, repo)
     finally:
         shutil.rmtree(snapshot)
-    assert total >= 10
-    writes["left"] = 10_000
+    assert total >= 20
+    steps["left"] = 10_000
     pair.sync(repo)
     assert pair.assert_consistent(repo) == primary.head(repo)
     pair.assert_same_files(repo)
@@ -307,18 +326,18 @@ def test_virtual_repo_and_its_origin(primary, pair, lab):
 def test_gc_on_the_backup_during_the_copy_makes_it_redo_with_a_full_check(primary, pair, lab, monkeypatch):
     repo = primary.create_library("gc", "alice@example.com")
     primary.put_files(repo, {"a.txt": b"a", "d/b.txt": b"b"})
-    real_write = pair.target.store.write
+    real_place = WriteBatch._place
     state = {"gc_ran": False}
 
-    def write_then_gc(obj_type, store_id, obj_id, data, **kw):
-        real_write(obj_type, store_id, obj_id, data, **kw)
-        if obj_type is ObjType.BLOCKS and not state["gc_ran"]:
+    def place_then_gc(self, tmp, final):
+        real_place(self, tmp, final)
+        if "/blocks/" in final and not state["gc_ran"]:
             state["gc_ran"] = True
             # Seafile GC: collects the not-yet-referenced block and writes a new GCID.
-            os.unlink(pair.target.store.path(obj_type, store_id, obj_id))
+            os.unlink(final)
             _root_sql(lab.backup, f"REPLACE INTO seafile_db.GCID (repo_id, gc_id) VALUES ('{repo}', 'new-gc')")
 
-    monkeypatch.setattr(pair.target.store, "write", write_then_gc)
+    monkeypatch.setattr(WriteBatch, "_place", place_then_gc)
     result = pair.sync(repo)
     assert state["gc_ran"] and result.outcome is Outcome.SYNCHRONIZED
     pair.assert_consistent(repo)
@@ -328,15 +347,15 @@ def test_gc_on_the_backup_during_the_copy_makes_it_redo_with_a_full_check(primar
 def test_someone_else_moving_the_backup_head_is_refused(primary, pair, lab, monkeypatch):
     repo = primary.create_library("cas", "alice@example.com")
     primary.put_files(repo, {"a.txt": b"a"})
-    real = pair.target.store.write
+    real = WriteBatch._place
 
-    def meddle(obj_type, *args, **kw):
-        real(obj_type, *args, **kw)
-        if obj_type is ObjType.COMMITS:
+    def meddle(self, tmp, final):
+        real(self, tmp, final)
+        if "/commits/" in final:
             _root_sql(lab.backup, f"REPLACE INTO seafile_db.Branch (name, repo_id, commit_id) "
                                   f"VALUES ('master', '{repo}', '{'1' * 40}')")
 
-    monkeypatch.setattr(pair.target.store, "write", meddle)
+    monkeypatch.setattr(WriteBatch, "_place", meddle)
     with pytest.raises(SyncError, match="moved"):
         pair.sync(repo)
     assert pair.backup_head(repo) == "1" * 40

@@ -112,6 +112,10 @@ async def _same_answers(http: HttpSource, local: LocalSource, data_dir, libs: di
         for block_id in closure.blocks:
             block = await http.block(meta.store_id, block_id)
             assert block == await local.block(meta.store_id, block_id) is not None
+        wanted_blocks = [*sorted(closure.blocks), "b" * 40]
+        packed = await http.blocks(meta.store_id, wanted_blocks)
+        assert packed == await local.blocks(meta.store_id, wanted_blocks)
+        assert set(packed) == closure.blocks
         checked += len(closure.commits) + len(closure.fs) + len(closure.blocks)
     assert (await http.library(libs["vrepo"])).store_id == libs["work"]
     assert (await http.library(libs["limited"])).truncate_time is not None
@@ -122,6 +126,7 @@ async def _same_answers(http: HttpSource, local: LocalSource, data_dir, libs: di
         assert await source.commit(libs["work"], "a" * 40) is None
         assert await source.block(libs["work"], "b" * 40) is None
         assert await source.fs_objects(libs["work"], ["c" * 40]) == {}
+        assert await source.blocks(libs["work"], ["b" * 40]) == {}
     # A deleted library's objects stay readable (Seafile keeps them in the trash).
     assert await http.commit(libs["gone"], libs["gone_head"]) is not None
     return checked
@@ -214,8 +219,15 @@ def test_forged_replayed_tampered_and_malformed_requests_get_4xx_and_no_data(pri
                 "/v1/libraries/not-a-library",
             ):
                 assert (await expect(url, 400, "GET", path)).startswith("malformed")
+            blocks_path = f"/v1/stores/{repo}/blocks"
             for bad_body in (b"not json", b'{"a": 1}', json.dumps([head.upper()]).encode(), b'["../x"]', b"[1]"):
                 await expect(url, 400, "POST", fs_path, body=bad_body)
+                await expect(url, 400, "POST", blocks_path, body=bad_body)
+            blocks_body = json.dumps([block_id]).encode()
+            tampered = json.dumps([block_id, "e" * 40]).encode()
+            assert await expect(url, 401, "POST", blocks_path, body=tampered, sign_body=blocks_body) == (
+                "signature mismatch"
+            )
             too_many = json.dumps(["a" * 40] * (MAX_FS_BATCH + 1)).encode()
             await expect(url, 400, "POST", fs_path, body=too_many)
             assert "too large" in await expect(url, 413, "POST", fs_path, body=b"[" + b" " * (2 << 20) + b"]")

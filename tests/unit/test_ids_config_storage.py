@@ -5,7 +5,7 @@ import pytest
 from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.errors import ConfigError, InvalidIdError
 from seafbackup_agent.seafile.ids import is_object_file_name, object_id, repo_id
-from seafbackup_agent.seafile.storage import FilesystemStore, ObjType
+from seafbackup_agent.seafile.storage import FilesystemStore, ObjType, WriteBatch
 
 REPO = "96e09ca5-5454-4dfa-9d9e-461eb3e38930"
 
@@ -87,3 +87,31 @@ def test_backup_section_extensions(tmp_path):
     with pytest.raises(ConfigError, match="host:port"):
         load_seafile_conf(_conf(tmp_path, DB + "[backup]\nbackup_url = https://b\nsync_token = " + "a" * 40
                                 + "\nlisten = nowhere\n"))
+
+
+def test_a_write_batch_places_objects_only_when_flushed_and_in_the_order_put(tmp_path, monkeypatch):
+    store = FilesystemStore(tmp_path)
+    placed: list[str] = []
+    real_place = WriteBatch._place
+
+    def place(self, tmp, final):
+        placed.append(final)
+        real_place(self, tmp, final)
+
+    monkeypatch.setattr(WriteBatch, "_place", place)
+    batch = store.batch(max_objects=3)
+    ids = [f"{i:02x}" + "e" * 38 for i in range(5)]
+    batch.put([(ObjType.BLOCKS, REPO, oid, oid.encode()) for oid in ids[:2]])
+    assert batch.has(ObjType.BLOCKS, REPO, ids[0]) and not store.exists(ObjType.BLOCKS, REPO, ids[0])
+    batch.put([(ObjType.FS, REPO, ids[2], b"fs")])  # the third object fills the batch: flushed
+    assert placed == [store.path(ObjType.BLOCKS, REPO, ids[0]), store.path(ObjType.BLOCKS, REPO, ids[1]),
+                      store.path(ObjType.FS, REPO, ids[2])]
+    assert store.read(ObjType.FS, REPO, ids[2]) == b"fs" and not batch.has(ObjType.FS, REPO, ids[2])
+    batch.put([(ObjType.COMMITS, REPO, ids[3], b"commit"), (ObjType.COMMITS, REPO, ids[3], b"again")])
+    batch.seal()
+    assert store.read(ObjType.COMMITS, REPO, ids[3]) == b"commit" and len(placed) == 4
+    # A failed sync discards what it staged: no object, no temporary file left behind.
+    batch.put([(ObjType.BLOCKS, REPO, ids[4], b"never placed")])
+    batch.discard()
+    assert not store.exists(ObjType.BLOCKS, REPO, ids[4])
+    assert [p.name for p in (tmp_path / "storage").rglob(".*.tmp")] == []
