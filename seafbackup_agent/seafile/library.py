@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,21 +74,21 @@ class LibraryRows:
             last = rows[-1][0]
 
     def meta(self, repo_id: str) -> LibraryMeta | None:
+        # One round trip; a virtual repo keeps its origin's history limit.
         row = _fetch_one(
             self.conn,
-            "SELECT b.commit_id, v.origin_repo FROM Repo r JOIN Branch b ON b.repo_id=r.repo_id AND b.name=%s "
-            "LEFT JOIN VirtualRepo v ON v.repo_id=r.repo_id WHERE r.repo_id=%s",
+            "SELECT b.commit_id, v.origin_repo, l.repo_id IS NOT NULL, l.days, s.timestamp "
+            "FROM Repo r JOIN Branch b ON b.repo_id=r.repo_id AND b.name=%s "
+            "LEFT JOIN VirtualRepo v ON v.repo_id=r.repo_id "
+            "LEFT JOIN RepoHistoryLimit l ON l.repo_id=COALESCE(v.origin_repo, r.repo_id) "
+            "LEFT JOIN RepoValidSince s ON s.repo_id=r.repo_id WHERE r.repo_id=%s",
             (BRANCH, repo_id),
         )
         if row is None:
             return None
-        head, origin = row
-        store_id = origin or repo_id
-        # A virtual repo keeps its origin's history limit.
-        limit = _fetch_one(self.conn, "SELECT days FROM RepoHistoryLimit WHERE repo_id=%s", (store_id,))
-        since = _fetch_one(self.conn, "SELECT timestamp FROM RepoValidSince WHERE repo_id=%s", (repo_id,))
-        days = limit[0] if limit else self.keep_days
-        return LibraryMeta(repo_id, head, store_id, truncate_time(days, since[0] if since else None))
+        head, origin, has_limit, limit_days, since = row
+        days = limit_days if has_limit else self.keep_days
+        return LibraryMeta(repo_id, head, origin or repo_id, truncate_time(days, since))
 
     def gc_id(self, store_id: str, *, for_update: bool = False) -> str | None:
         sql = "SELECT gc_id FROM GCID WHERE repo_id=%s" + (" FOR UPDATE" if for_update else "")
@@ -96,6 +97,8 @@ class LibraryRows:
 
 
 ER_SPECIFIC_ACCESS_DENIED = 1227
+ER_LOCK_DEADLOCK = 1213
+DEADLOCK_RETRIES = 5
 
 
 def _write_failed(repo_id: str, what: str, exc: pymysql.MySQLError) -> DatabaseError:
@@ -130,45 +133,67 @@ def publish_head(
 ) -> None:
     """Move a library's head on the backup in one transaction, as Seafile's own head update does:
     GCID compare, Branch compare-and-swap, then Repo/RepoHead/Branch. Written with sql_log_bin=0 so a
-    backup that is promoted later carries no errant transactions."""
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION sql_log_bin=0")
-            conn.begin()
-            cur.execute("SELECT gc_id FROM GCID WHERE repo_id=%s FOR UPDATE", (store_id,))
-            row = cur.fetchone()
-            gc_id = row[0] if row else None
-            if gc_id != expected_gc_id:
-                conn.rollback()
-                raise GCConflict(
-                    f"library {repo_id}: Seafile GC ran on the backup during the copy (GCID changed)",
-                    hint="the sync is redone with a full check of the copied objects",
-                )
-            cur.execute(
-                "SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s FOR UPDATE", (repo_id, BRANCH)
+    backup that is promoted later carries no errant transactions.
+
+    The locking reads keep REPEATABLE READ's gap locks on purpose: they make a concurrent Seafile GC's
+    new GCID row wait for this commit. Two workers publishing new libraries can then deadlock on the
+    same gap of `Branch`; InnoDB rolls one back whole, and it is simply run again."""
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            _publish_once(conn, repo_id=repo_id, store_id=store_id, expected_head=expected_head, new_head=new_head,
+                          expected_gc_id=expected_gc_id)
+            return
+        except pymysql.MySQLError as exc:
+            conn.rollback()
+            if exc.args and exc.args[0] == ER_LOCK_DEADLOCK and attempt + 1 < DEADLOCK_RETRIES:
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+                continue
+            raise _write_failed(repo_id, "publishing the new head", exc) from exc
+
+
+def _publish_once(
+    conn: pymysql.connections.Connection,
+    *,
+    repo_id: str,
+    store_id: str,
+    expected_head: str | None,
+    new_head: str,
+    expected_gc_id: str | None,
+) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin=0")
+        conn.begin()
+        cur.execute("SELECT gc_id FROM GCID WHERE repo_id=%s FOR UPDATE", (store_id,))
+        row = cur.fetchone()
+        gc_id = row[0] if row else None
+        if gc_id != expected_gc_id:
+            conn.rollback()
+            raise GCConflict(
+                f"library {repo_id}: Seafile GC ran on the backup during the copy (GCID changed)",
+                hint="the sync is redone with a full check of the copied objects",
             )
-            row = cur.fetchone()
-            current = row[0] if row else None
-            if current != expected_head:
-                conn.rollback()
-                raise HeadMovedConflict(
-                    f"library {repo_id}: its head on the backup moved from {expected_head} to {current} during "
-                    "the copy",
-                    hint="another writer changed Branch on the backup; only the sync agent may",
-                )
-            cur.execute("INSERT IGNORE INTO Repo (repo_id) VALUES (%s)", (repo_id,))
-            cur.execute(
-                "INSERT IGNORE INTO RepoHead (repo_id, branch_name) VALUES (%s, %s)", (repo_id, BRANCH)
+        cur.execute(
+            "SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s FOR UPDATE", (repo_id, BRANCH)
+        )
+        row = cur.fetchone()
+        current = row[0] if row else None
+        if current != expected_head:
+            conn.rollback()
+            raise HeadMovedConflict(
+                f"library {repo_id}: its head on the backup moved from {expected_head} to {current} during "
+                "the copy",
+                hint="another writer changed Branch on the backup; only the sync agent may",
             )
-            cur.execute(
-                "INSERT INTO Branch (name, repo_id, commit_id) VALUES (%s, %s, %s) "
-                "ON DUPLICATE KEY UPDATE commit_id=VALUES(commit_id)",
-                (BRANCH, repo_id, new_head),
-            )
-            conn.commit()
-    except pymysql.MySQLError as exc:
-        conn.rollback()
-        raise _write_failed(repo_id, "publishing the new head", exc) from exc
+        cur.execute("INSERT IGNORE INTO Repo (repo_id) VALUES (%s)", (repo_id,))
+        cur.execute(
+            "INSERT IGNORE INTO RepoHead (repo_id, branch_name) VALUES (%s, %s)", (repo_id, BRANCH)
+        )
+        cur.execute(
+            "INSERT INTO Branch (name, repo_id, commit_id) VALUES (%s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE commit_id=VALUES(commit_id)",
+            (BRANCH, repo_id, new_head),
+        )
+        conn.commit()
 
 
 def remove_library(conn: pymysql.connections.Connection, repo_id: str) -> None:

@@ -44,6 +44,7 @@ class BackupService:
         self.metrics = metrics
         self.options = options
         self.engine_options = engine_options or EngineOptions()
+        self._block_slots = asyncio.Semaphore(self.engine_options.block_concurrency)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._forced: set[str] = set()
@@ -166,7 +167,7 @@ class BackupService:
         try:
             if target is None:
                 target = await asyncio.to_thread(self.open_target)
-            engine = SyncEngine(self.source, target, self.engine_options)
+            engine = SyncEngine(self.source, target, self.engine_options, block_slots=self._block_slots)
             result: SyncResult = await engine.sync_library(repo_id, force=force)
         except SeafBackupError as exc:
             reason = str(exc)

@@ -71,17 +71,27 @@ class _Run:
     result: SyncResult
     writes: WriteBatch
     dir_tasks: int = 0
+    prefetched: dict[str, bytes] = field(default_factory=dict)
+    """fs objects that came with a tree diff, until the walk uses them."""
     commit_id: str = ""
     version: int = 1
     new_commits: dict[str, Commit] = field(default_factory=dict)
 
 
 class SyncEngine:
-    def __init__(self, source: ObjectSource, target: SeafileInstallation, options: EngineOptions | None = None):
+    def __init__(
+        self,
+        source: ObjectSource,
+        target: SeafileInstallation,
+        options: EngineOptions | None = None,
+        *,
+        block_slots: asyncio.Semaphore | None = None,
+    ):
         self.source = source
         self.target = target
         self.options = options or EngineOptions()
-        self._block_slots = asyncio.Semaphore(self.options.block_concurrency)
+        # Shared by the agent's workers, so that blocks held in memory stay bounded however many run.
+        self._block_slots = block_slots or asyncio.Semaphore(self.options.block_concurrency)
 
     async def sync_library(self, repo_id: str, *, force: bool = False) -> SyncResult:
         started = time.monotonic()
@@ -117,7 +127,9 @@ class SyncEngine:
                 await self._check_descends(run, old_head, stops)
             for commit in run.new_commits.values():
                 run.commit_id, run.version = commit.commit_id, commit.version
+                await self._prefetch_changes(run, commit)
                 await self._copy_tree(run, commit.root_id)
+                run.prefetched.clear()
             commits = list(_oldest_first(run.new_commits))
             await self._put(run, [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits])
             run.result.commits += len(commits)
@@ -218,13 +230,32 @@ class SyncEngine:
         if root_id in fetched:
             await self._copy_dir(run, root_id, fetched[root_id])
 
+    async def _prefetch_changes(self, run: _Run, commit: Commit) -> None:
+        """One request for the fs objects that differ from the parent's tree, when the parent's tree is
+        known here (an incremental sync); the walk below then needs no request per directory level."""
+        if not commit.parents or run.deep or self._have(ObjType.FS, run.meta.store_id, commit.root_id, run):
+            return
+        parent = run.new_commits.get(commit.parents[0])
+        if parent is None:
+            raw = self.target.store.read(ObjType.COMMITS, run.meta.repo_id, commit.parents[0])
+            if raw is None:
+                return
+            try:
+                parent = parse_commit(raw)
+            except FormatError:
+                return
+        if parent.root_id != EMPTY_ID:
+            run.prefetched = await self.source.changed_fs(run.meta.store_id, commit.root_id, parent.root_id,
+                                                          commit.version)
+
     async def _fetch_fs(self, run: _Run, obj_ids: Sequence[str]) -> dict[str, tuple[SeafDir | SeafFile, bytes]]:
         """Fetch and verify fs objects; returns id -> (parsed object, stored bytes) for the good ones."""
         store_id = run.meta.store_id
         wanted = list(dict.fromkeys(obj_ids))
-        found: dict[str, bytes] = {}
-        for start in range(0, len(wanted), self.options.fs_batch):
-            found.update(await self.source.fs_objects(store_id, wanted[start : start + self.options.fs_batch]))
+        found = {obj_id: run.prefetched.pop(obj_id) for obj_id in wanted if obj_id in run.prefetched}
+        missing = [obj_id for obj_id in wanted if obj_id not in found]
+        for start in range(0, len(missing), self.options.fs_batch):
+            found.update(await self.source.fs_objects(store_id, missing[start : start + self.options.fs_batch]))
         good: dict[str, tuple[SeafDir | SeafFile, bytes]] = {}
         for obj_id in wanted:
             raw = found.get(obj_id)

@@ -9,6 +9,7 @@ from typing import Protocol
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library import LibraryMeta
 from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.seafile.treediff import changed_fs_objects
 
 
 class ObjectSource(Protocol):
@@ -32,6 +33,11 @@ class ObjectSource(Protocol):
 
     async def blocks(self, store_id: str, block_ids: Sequence[str]) -> dict[str, bytes]:
         """Several (small) blocks at once; missing ids are left out."""
+        ...
+
+    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> dict[str, bytes]:
+        """fs objects under `new_root` not at the same path under `old_root` (seafile/treediff.py):
+        a prefetch, possibly incomplete, that saves a request per directory level."""
         ...
 
     async def close(self) -> None: ...
@@ -61,6 +67,12 @@ class LocalSource:
 
     async def blocks(self, store_id: str, block_ids: Sequence[str]) -> dict[str, bytes]:
         return await asyncio.to_thread(self._read_many, ObjType.BLOCKS, store_id, block_ids)
+
+    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> dict[str, bytes]:
+        def read(obj_id: str) -> bytes | None:
+            return self.installation.store.read(ObjType.FS, store_id, obj_id)
+
+        return await asyncio.to_thread(changed_fs_objects, read, new_root, old_root, version=version)
 
     def _read_many(self, obj_type: ObjType, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]:
         found = {}

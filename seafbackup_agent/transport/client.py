@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ log = logging.getLogger("seafbackup_agent.transport")
 T = TypeVar("T")
 USER_AGENT = "seafbackup-agent"
 FS_BATCH = 1000
+HEAD_COMMITS_KEPT = 256
 """fs ids per request; `fs_objects()` splits longer lists and runs up to `parallel` requests at once."""
 _KEEP_OPEN = object()
 
@@ -230,6 +232,8 @@ class HttpSource(_SignedClient):
             raise ConfigError(f"fs_batch must be between 1 and {MAX_FS_BATCH}")
         self.fs_batch = fs_batch
         self._parallel = asyncio.Semaphore(parallel)
+        self._head_commits: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        """Head commits that came with `library()`, until `commit()` asks for them (bounded)."""
 
     @classmethod
     def from_conf(cls, conf: SeafileConf, **options: Any) -> HttpSource:
@@ -286,11 +290,18 @@ class HttpSource(_SignedClient):
             and (meta.truncate_time is None or isinstance(meta.truncate_time, int))
         ):
             raise ProtocolError(f"library {repo_id}: malformed metadata from the primary: {doc!r}")
+        if isinstance(doc.get("head_commit"), str):
+            self._head_commits[(repo_id, meta.head)] = doc["head_commit"].encode("utf-8")
+            while len(self._head_commits) > HEAD_COMMITS_KEPT:
+                self._head_commits.popitem(last=False)
         return meta
 
     async def commit(self, repo_id: str, commit_id: str) -> bytes | None:
         ids.repo_id(repo_id)
         ids.object_id(commit_id, "commit id")
+        prefetched = self._head_commits.pop((repo_id, commit_id), None)
+        if prefetched is not None:
+            return prefetched
         return await self._call(
             "GET", f"/v1/libraries/{repo_id}/commits/{commit_id}", self._optional, ok=(200, 404)
         )
@@ -312,6 +323,19 @@ class HttpSource(_SignedClient):
         if len(wanted) > MAX_FS_BATCH:
             raise ValueError(f"at most {MAX_FS_BATCH} blocks per request")
         return await self._pack(store_id, "blocks", wanted) if wanted else {}
+
+    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> dict[str, bytes]:
+        ids.repo_id(store_id, "store id")
+        body = json.dumps({"new": ids.object_id(new_root, "fs object id"),
+                           "old": ids.object_id(old_root, "fs object id"), "version": version}).encode()
+
+        async def read(response: aiohttp.ClientResponse) -> dict[str, bytes]:
+            return parse_pack(await response.read(), None)
+
+        async with self._parallel:
+            return await self._call(
+                "POST", f"/v1/stores/{store_id}/fs-diff", read, body=body, content_type="application/json"
+            )
 
     async def _pack(self, store_id: str, kind: str, batch: list[str]) -> dict[str, bytes]:
         body = json.dumps(batch, separators=(",", ":")).encode()
@@ -353,8 +377,9 @@ def _library_line(line: bytes, count: int) -> tuple[str, str] | None:
     raise RemoteError(f"library list failed on the primary: {doc.get('error', line[:120])}", status=200)
 
 
-def parse_pack(data: bytes, requested: set[str]) -> dict[str, bytes]:
-    """Frames `[40-byte id][u32 BE length][bytes]`, then the end frame (EMPTY_ID, number of frames)."""
+def parse_pack(data: bytes, requested: set[str] | None) -> dict[str, bytes]:
+    """Frames `[40-byte id][u32 BE length][bytes]`, then the end frame (EMPTY_ID, number of frames).
+    `requested`: the ids asked for (anything else is an error); None accepts any object id."""
     view = memoryview(data)
     found: dict[str, bytes] = {}
     pos = 0
@@ -369,7 +394,8 @@ def parse_pack(data: bytes, requested: set[str]) -> dict[str, bytes]:
                 raise ProtocolError("object pack: end frame does not match what was sent")
             return found
         obj_id = raw_id.decode("ascii", "replace")
-        if obj_id not in requested or obj_id in found:
+        unexpected = not ids.is_object_id(obj_id) if requested is None else obj_id not in requested
+        if unexpected or obj_id in found:
             raise ProtocolError(f"object pack: unexpected object {obj_id!r}")
         if pos + length > len(view):
             raise ProtocolError(f"object pack: object {obj_id} is cut short")

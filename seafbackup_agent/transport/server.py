@@ -5,11 +5,15 @@ Routes (all under /v1, all signed except health; see signing.py):
     GET  /v1/health                                  {"status": "ok", "role": ..., "authenticated": bool}
                                                      (open; when signed, the signature is checked too)
     GET  /v1/libraries                               NDJSON {"repo_id", "head"} lines, then {"end": true, "count": N}
-    GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON; 404 when the library does not exist
+    GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON (+ "head_commit": its stored text when
+                                                     readable); 404 when the library does not exist
     GET  /v1/libraries/<repo_id>/commits/<id>        the commit's stored bytes; 404 when missing
     POST /v1/stores/<store_id>/fs                    body: JSON list of fs ids; response: pack frames
     POST /v1/stores/<store_id>/blocks                body: JSON list of block ids; response: pack frames
                                                      (for small blocks; the client bounds the total size)
+    POST /v1/stores/<store_id>/fs-diff               body: {"new": root id, "old": root id, "version": 0|1};
+                                                     response: pack frames of the fs objects under "new" that
+                                                     are not at the same path under "old" (bounded, may stop early)
     GET  /v1/stores/<store_id>/blocks/<id>           the block's stored bytes, streamed, with Content-Length
     POST /v1/notify  (backup side)                   {"repo_id": ..., "head": <id or null>} -> 202
 
@@ -42,6 +46,7 @@ from seafbackup_agent.seafile.ids import EMPTY_ID, is_object_id, is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library import LibraryRows
 from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.seafile.treediff import changed_fs_objects
 from seafbackup_agent.transport.signing import (
     DEFAULT_WINDOW,
     SIGNATURE_HEADER,
@@ -270,7 +275,13 @@ async def _library(request: web.Request) -> web.Response:
     meta = await request.app[ROWS].run(lambda rows: rows.meta(repo_id))
     if meta is None:
         return _error(404, "no such library")
-    return web.json_response(dataclasses.asdict(meta))
+    doc: dict[str, Any] = dataclasses.asdict(meta)
+    # The head commit rides along: a sync that needs it saves a round trip (the backup verifies it).
+    raw = await asyncio.to_thread(request.app[INSTALLATION].store.read, ObjType.COMMITS, repo_id, meta.head)
+    with contextlib.suppress(UnicodeDecodeError):
+        if raw is not None:
+            doc["head_commit"] = raw.decode("utf-8")
+    return web.json_response(doc)
 
 
 async def _commit(request: web.Request) -> web.Response:
@@ -335,6 +346,33 @@ def _pack_handler(obj_type: ObjType) -> Callable[[web.Request], Awaitable[web.St
     return pack
 
 
+async def _fs_diff(request: web.Request) -> web.Response:
+    store_id = _repo_id(request, "store_id")
+    try:
+        doc = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "body is not JSON")
+    if not (
+        isinstance(doc, dict)
+        and is_object_id(doc.get("new"))
+        and is_object_id(doc.get("old"))
+        and doc.get("version") in (0, 1)
+    ):
+        return _error(400, 'body must be {"new": <fs id>, "old": <fs id>, "version": 0 or 1}')
+    store = request.app[INSTALLATION].store
+
+    def diff() -> bytes:
+        found = changed_fs_objects(lambda obj_id: store.read(ObjType.FS, store_id, obj_id), doc["new"], doc["old"],
+                                   version=doc["version"])
+        frames = bytearray()
+        for obj_id, data in found.items():
+            frames += FRAME.pack(obj_id.encode("ascii"), len(data))
+            frames += data
+        return bytes(frames + FRAME.pack(END_FRAME_ID, len(found)))
+
+    return web.Response(body=await asyncio.to_thread(diff), content_type="application/octet-stream")
+
+
 def _open_block(path: str) -> tuple[Any, int] | None:
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed by the caller after streaming
@@ -395,6 +433,7 @@ def create_primary_app(
     app.router.add_get(f"{API}/libraries/{{repo_id}}/commits/{{commit_id}}", _commit)
     app.router.add_post(f"{API}/stores/{{store_id}}/fs", _pack_handler(ObjType.FS))
     app.router.add_post(f"{API}/stores/{{store_id}}/blocks", _pack_handler(ObjType.BLOCKS))
+    app.router.add_post(f"{API}/stores/{{store_id}}/fs-diff", _fs_diff)
     app.router.add_get(f"{API}/stores/{{store_id}}/blocks/{{block_id}}", _block)
     return app
 

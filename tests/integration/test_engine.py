@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
+import hashlib
 import json
 import os
 import random
@@ -12,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ import pytest
 from seafbackup_agent.cli.main import main as cmd_main
 from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.library import publish_head
 from seafbackup_agent.seafile.storage import ObjType, WriteBatch
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.result import NotDescendantError, Outcome, SourceObjectError, SyncError
@@ -436,3 +440,25 @@ def test_engine_options_do_not_change_the_result(primary, pair):
     result = pair.sync(repo, options=EngineOptions(block_concurrency=1, fs_batch=7))
     assert result.blocks == 300
     pair.assert_same_files(repo)
+
+
+def test_workers_publishing_new_libraries_at_the_same_time_all_succeed(lab, backup_db_privileges):
+    """Concurrent head moves of different new libraries meet on the same gap of `Branch` (InnoDB can pick
+    one as a deadlock victim); every publish must still succeed."""
+    repos = [[str(uuid.uuid4()) for _ in range(40)] for _ in range(4)]
+
+    def publisher(batch):
+        installation = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+        try:
+            for repo in batch:
+                publish_head(installation.rows.conn, repo_id=repo, store_id=repo, expected_head=None,
+                             new_head=hashlib.sha1(repo.encode()).hexdigest(), expected_gc_id=None)
+        finally:
+            installation.close()
+
+    with concurrent.futures.ThreadPoolExecutor(len(repos)) as pool:
+        for future in [pool.submit(publisher, batch) for batch in repos]:
+            future.result()
+    published = dict(_root_sql(lab.backup, "SELECT repo_id, commit_id FROM seafile_db.Branch"))
+    for repo in (r for batch in repos for r in batch):
+        assert published[repo] == hashlib.sha1(repo.encode()).hexdigest()

@@ -23,6 +23,7 @@ from yarl import URL
 from seafbackup_agent.errors import InvalidIdError
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_agent.transport.client import HttpSource, NotifyClient, parse_pack
 from seafbackup_agent.transport.errors import (
@@ -552,3 +553,36 @@ def test_a_database_outage_is_a_503_and_the_client_says_so(lab):
             installation.close()
 
     asyncio.run(scenario())
+
+
+def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup_db_privileges, caplog):
+    """Library metadata (with the head commit), one tree diff (every changed directory and file object of
+    the commit), one pack of small blocks: not one request per directory level, commit or block."""
+    repo = primary.create_library("deep", "alice@example.com")
+    primary.put_files(repo, {"a/b/c/d/old.txt": b"old", "a/b/other.txt": b"o", "top.txt": b"t"})
+    old_root = json.loads(primary.store.read(ObjType.COMMITS, repo, primary.head(repo)))["root_id"]
+    primary.commit(repo, [Put("a/b/c/d/new.txt", b"new file"), Put("a/b/c/d/new2.txt", b"second")])
+    new_root = json.loads(primary.store.read(ObjType.COMMITS, repo, primary.head(repo)))["root_id"]
+    target = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+
+    async def scenario():
+        async with serving(lab) as (server, installation), HttpSource(server.url, TOKEN) as http:
+            # The diff is exactly root, a, b, c, d and the two new file objects (old.txt and other.txt are not).
+            changed = await http.changed_fs(repo, new_root, old_root, 1)
+            assert len(changed) == 7 and new_root in changed
+            assert changed == await LocalSource(installation).changed_fs(repo, new_root, old_root, 1)
+            engine = SyncEngine(http, target)
+            await engine.sync_library(repo)  # the first state (full copy) of the library...
+            primary.commit(repo, [Put("a/b/c/d/newer.txt", b"newer")])
+            caplog.clear()
+            result = await engine.sync_library(repo)  # ...then one more commit
+            requests = [r.getMessage().split('"')[1] for r in caplog.records if r.name.endswith("access")]
+            assert (result.commits, result.fs_objects, result.blocks) == (1, 6, 1)
+            assert [r.split()[1].split("/")[-1] for r in requests] == [repo, "fs-diff", "blocks"], requests
+
+    try:
+        with caplog.at_level(logging.INFO, logger="seafbackup_agent.transport.access"):
+            asyncio.run(scenario())
+    finally:
+        target.close()
+    check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))

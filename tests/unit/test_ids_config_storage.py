@@ -1,9 +1,12 @@
 import os
+import threading
+import time
 
 import pytest
 
 from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.errors import ConfigError, InvalidIdError
+from seafbackup_agent.seafile import storage
 from seafbackup_agent.seafile.ids import is_object_file_name, object_id, repo_id
 from seafbackup_agent.seafile.storage import FilesystemStore, ObjType, WriteBatch
 
@@ -115,3 +118,32 @@ def test_a_write_batch_places_objects_only_when_flushed_and_in_the_order_put(tmp
     batch.discard()
     assert not store.exists(ObjType.BLOCKS, REPO, ids[4])
     assert [p.name for p in (tmp_path / "storage").rglob(".*.tmp")] == []
+
+
+def test_concurrent_durability_barriers_share_a_syncfs_that_started_after_each_asked(tmp_path, monkeypatch):
+    calls: list[tuple[float, float]] = []
+
+    def slow_syncfs(path):
+        started = time.monotonic()
+        time.sleep(0.05)
+        calls.append((started, time.monotonic()))
+
+    monkeypatch.setattr(storage, "syncfs", slow_syncfs)
+    monkeypatch.setattr(storage, "_groups", {})
+    asked: dict[int, float] = {}
+    returned: dict[int, float] = {}
+
+    def barrier(n):
+        asked[n] = time.monotonic()
+        storage.durable(tmp_path)
+        returned[n] = time.monotonic()
+
+    threads = [threading.Thread(target=barrier, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert len(calls) < len(threads) / 2  # shared, not one each
+    for n in asked:  # each caller was covered by a syncfs that began after it asked and ended before it returned
+        assert any(asked[n] <= start and end <= returned[n] for start, end in calls), n
