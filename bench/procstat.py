@@ -64,3 +64,11 @@ def global_status(conn, names: tuple[str, ...] = ("Questions", "Com_select", "Co
         cur.execute("SHOW GLOBAL STATUS")
         rows = dict(cur.fetchall())
     return {n: int(rows.get(n, 0)) for n in names}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")

@@ -13,6 +13,10 @@ import matplotlib.pyplot as plt
 FINDINGS = Path(__file__).with_name("findings.md")
 
 
+def _cores(cpu: dict, key: str) -> str:
+    return f"{cpu[key]:.2f}" if key in cpu else "-"
+
+
 def _s(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -143,7 +147,8 @@ def markdown(results: dict, images: list[str]) -> str:
             "watcher (10 ms loop on the backup's database) sees that head or a later one.",
             "",
             "| rate (target) | achieved | file | commits | p50 | p95 | p99 | max | not arrived "
-            "| agent CPU (primary / backup, cores) |",
+            "| CPU, cores: primary agent / backup agent / writer / whole machine "
+            f"(of {results['machine'].get('cores (online)', '?')}) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for p in r["points"]:
@@ -151,7 +156,8 @@ def markdown(results: dict, images: list[str]) -> str:
             lines.append(
                 f"| {p['rate']:g}/s | {p['achieved_rate']:g}/s | {_size(p['file_size'])} | {p['commits']} | "
                 f"{_s(p['p50'])} | {_s(p['p95'])} | {_s(p['p99'])} | {_s(p['max'])} | {p['unresolved']} | "
-                f"{cpu.get('primary', 0):.2f} / {cpu.get('backup', 0):.2f} |")
+                f"{cpu.get('primary', 0):.2f} / {cpu.get('backup', 0):.2f} / {_cores(cpu, 'writer')} / "
+                f"{_cores(cpu, 'machine')} |")
         lines += ["", f"Peak RSS: primary agent {r['rss_mb'].get('primary')} MB, backup agent "
                   f"{r['rss_mb'].get('backup')} MB.", ""]
         if "rpo.png" in images:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench import bulk
 from bench.lab import Agents, discard, root_sql, wipe
-from bench.procstat import CpuSampler, cpu_seconds, global_status, peak_rss_mb
+from bench.procstat import CpuSampler, cpu_seconds, global_status, machine_busy_seconds, peak_rss_mb
 from bench.rpo import percentile, run_rpo
 from seafbackup_lab.lab import Lab
 from seafbackup_lab.writer import Put, SeafileServer, bulk_files
@@ -124,10 +124,13 @@ def rpo(lab: Lab, plan: Plan, work: Path, log) -> dict:
         for rate, seconds, size in plan.rpo_points:
             log(f"rpo: {rate}/s for {seconds}s, files of {size} bytes")
             cpu0 = {n: cpu_seconds(agents.pid(n)) for n in agents.procs}
+            machine0, writer0 = machine_busy_seconds(), cpu_seconds(os.getpid())
             t0 = time.monotonic()
             run = run_rpo(lab, repos, rate=rate, duration=seconds, file_size=size)
             wall = time.monotonic() - t0
             cpu = {n: round((cpu_seconds(agents.pid(n)) - cpu0[n]) / wall, 3) for n in agents.procs}
+            cpu["writer"] = round((cpu_seconds(os.getpid()) - writer0) / wall, 3)
+            cpu["machine"] = round((machine_busy_seconds() - machine0) / wall, 3)
             lat = run.latencies
             points.append({
                 "rate": rate, "seconds": seconds, "file_size": size, "commits": run.commits,

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -357,24 +358,22 @@ class HttpSource(_SignedClient):
             )
 
 
+_LIBRARY_LINE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12} [0-9a-f]{40}")
+
+
 def _library_line(line: bytes, count: int) -> tuple[str, str] | None:
-    """One NDJSON line of the library list: an entry, or None for the end marker (checked against count)."""
-    try:
-        doc = json.loads(line)
-    except ValueError as exc:
-        raise ProtocolError(f"library list: a line is not JSON: {line[:120]!r}") from exc
-    if not isinstance(doc, dict):
-        raise ProtocolError(f"library list: unexpected line {line[:120]!r}")
-    if "repo_id" in doc:
-        repo_id, head = doc["repo_id"], doc.get("head")
-        if not (ids.is_repo_id(repo_id) and ids.is_object_id(head)):
-            raise ProtocolError(f"library list: malformed entry {line[:120]!r}")
-        return repo_id, head
-    if doc.get("end") is True:
-        if doc.get("count") != count:
-            raise ProtocolError(f"library list: {count} entries but the primary sent {doc.get('count')}")
+    """One line of the library list: an entry, or None for the end marker (checked against count)."""
+    if _LIBRARY_LINE.fullmatch(line):
+        text = line.decode("ascii")
+        return text[:36], text[37:]
+    if line.startswith(b"end "):
+        if line[4:] != str(count).encode():
+            raise ProtocolError(f"library list: {count} entries but the primary sent {line[4:120]!r}")
         return None
-    raise RemoteError(f"library list failed on the primary: {doc.get('error', line[:120])}", status=200)
+    if line.startswith(b"error "):
+        raise RemoteError(f"library list failed on the primary: {line[6:200].decode('ascii', 'replace')}",
+                          status=200)
+    raise ProtocolError(f"library list: malformed line {line[:120]!r}")
 
 
 def parse_pack(data: bytes, requested: set[str] | None) -> dict[str, bytes]:

@@ -4,7 +4,8 @@ Routes (all under /v1, all signed except health; see signing.py):
 
     GET  /v1/health                                  {"status": "ok", "role": ..., "authenticated": bool}
                                                      (open; when signed, the signature is checked too)
-    GET  /v1/libraries                               NDJSON {"repo_id", "head"} lines, then {"end": true, "count": N}
+    GET  /v1/libraries                               text lines "<repo_id> <head>", then "end <count>"
+                                                     (or "error <reason>" if the list broke off)
     GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON (+ "head_commit": its stored text when
                                                      readable); 404 when the library does not exist
     GET  /v1/libraries/<repo_id>/commits/<id>        the commit's stored bytes; 404 when missing
@@ -32,9 +33,8 @@ import logging
 import os
 import ssl
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, TypeVar
 
 import pymysql
@@ -232,41 +232,34 @@ def _health(role: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     return health
 
 
-def _take(it: Iterator[T], n: int) -> list[T]:
-    return list(islice(it, n))
-
-
 async def _libraries(request: web.Request) -> web.StreamResponse:
     pool = request.app[ROWS]
     rows = await pool.acquire(check=True)
-    heads = rows.iter_heads()
+    batches = rows.iter_head_lines(_HEADS_CHUNK)
     broken = False
     try:
-        chunk = await asyncio.to_thread(_take, heads, _HEADS_CHUNK)  # before prepare: a DB error is a 503
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        chunk = await asyncio.to_thread(next, batches, [])  # before prepare: a DB error is a 503
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=ascii"})
         await response.prepare(request)
         count = 0
         try:
             while chunk:
-                lines = "".join(json.dumps({"repo_id": r, "head": h}) + "\n" for r, h in chunk)
-                await response.write(lines.encode())
+                await response.write(("\n".join(chunk) + "\n").encode("ascii"))
                 count += len(chunk)
-                if len(chunk) < _HEADS_CHUNK:
-                    break
-                chunk = await asyncio.to_thread(_take, heads, _HEADS_CHUNK)
+                chunk = await asyncio.to_thread(next, batches, [])
         except pymysql.MySQLError as exc:
             log.error("library list: database error after %d libraries: %s", count, exc)
             broken = True
-            await response.write(json.dumps({"error": "database error during the list"}).encode() + b"\n")
+            await response.write(b"error database error during the list\n")
             return response
-        await response.write(json.dumps({"end": True, "count": count}).encode() + b"\n")
+        await response.write(f"end {count}\n".encode())
         await response.write_eof()
         return response
     except pymysql.MySQLError:
         broken = True
         raise
     finally:
-        heads.close()
+        batches.close()
         pool.release(rows, broken=broken)
 
 

@@ -492,11 +492,12 @@ def test_the_token_never_reaches_the_logs(primary, lab, caplog):
 
 def test_an_incomplete_list_or_batch_is_an_error_not_missing_objects():
     repo = str(uuid.uuid4())
-    line = json.dumps({"repo_id": repo, "head": "a" * 40}).encode() + b"\n"
+    line = f"{repo} {'a' * 40}\n".encode()
     answers = {
         "cut": line,
-        "miscounted": line + b'{"end": true, "count": 2}\n',
-        "failed": line + b'{"error": "database error during the list"}\n',
+        "miscounted": line + b"end 2\n",
+        "failed": line + b"error database error during the list\n",
+        "garbled": line + f"{repo} {'A' * 40}\n".encode(),
     }
 
     async def scenario():
@@ -504,7 +505,7 @@ def test_an_incomplete_list_or_batch_is_an_error_not_missing_objects():
             app = web.Application()
 
             async def libraries(request, body=body):
-                return web.Response(body=body, content_type="application/x-ndjson")
+                return web.Response(body=body, content_type="text/plain")
 
             async def fs(request):
                 return web.Response(body=b"a" * 40 + (3).to_bytes(4, "big") + b"xyz")  # no end frame
