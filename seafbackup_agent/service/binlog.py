@@ -34,10 +34,14 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 from seafbackup_agent.config import DatabaseSettings
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.db import connect
+from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.seafile.library import BRANCH, LibraryRows
 from seafbackup_agent.service.primary import ChangeDetector
 
 log = logging.getLogger(__name__)
+# The reader warns, in a multi-line message at every connection, that binlog_row_metadata is not FULL (column
+# names then come from information_schema, which is fine here); its reconnects are logged by this module.
+logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)
 
 SERVER_ID_BASE = 2_000_000_000
 SERVER_ID_SPAN = 100_000_000
@@ -87,7 +91,14 @@ def _code(exc: BaseException) -> int | None:
 
 
 def _changes(event: row_event.RowsEvent) -> Iterator[tuple[str, object]]:
-    """(library, head, None if gone, or _LOOKUP) for the rows of one `Branch` or `Repo` row event."""
+    """(library, head, None if gone, or _LOOKUP) for the rows of one `Branch` or `Repo` row event; rows whose
+    repo_id is not a library id (Seafile writes none) are left out, the backup would refuse them."""
+    for repo_id, head in _row_changes(event):
+        if is_repo_id(repo_id):
+            yield repo_id, head
+
+
+def _row_changes(event: row_event.RowsEvent) -> Iterator[tuple[str, object]]:
     for row in event.rows:
         if isinstance(event, UpdateRowsEvent):
             before, after = row["before_values"], row["after_values"]
