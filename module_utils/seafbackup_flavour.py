@@ -118,6 +118,8 @@ def _mariadb(v):
         # SET SESSION sql_log_bin needs this privilege (10.5.2+); what the agent's DB user gets on the backup.
         "sql_log_bin_privilege": "BINLOG ADMIN",
         "replication_privilege": "REPLICATION SLAVE",
+        # The primary agent tails the binlog (COM_BINLOG_DUMP) and reads SHOW MASTER STATUS (10.5.2+).
+        "binlog_reader_privileges": ["REPLICATION SLAVE", "BINLOG MONITOR"],
         "ignore_table_option": "replicate-ignore-table",
         "relay_log_option": "relay-log",
     }
@@ -198,6 +200,7 @@ def _mysql(v):
         },
         "sql_log_bin_privilege": "SYSTEM_VARIABLES_ADMIN",
         "replication_privilege": "REPLICATION SLAVE",
+        "binlog_reader_privileges": ["REPLICATION SLAVE", "REPLICATION CLIENT"],
         "ignore_table_option": "replicate-ignore-table",
         "relay_log_option": "relay-log",
     }

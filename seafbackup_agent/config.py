@@ -40,6 +40,9 @@ class BackupSettings:
     ssl_key: Path | None = None
     ssl_ca_file: Path | None = None
     """CA file that signed the peer's certificate, when it is not one the system trusts."""
+    binlog_server_id: int | None = None
+    """Server id the primary agent reads the binlog under (None: derived from the host name, see
+    `service.binlog.default_server_id`). Must differ from every replica's server-id and every other agent's."""
 
     @property
     def mode(self) -> str:
@@ -133,6 +136,9 @@ def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | N
         raise ConfigError(f"{path}: [backup] workers is not a number") from exc
     if workers < 1:
         raise ConfigError(f"{path}: [backup] workers must be at least 1")
+    server_id = section.get("binlog_server_id", "").strip()
+    if server_id and not (server_id.isdigit() and 0 < int(server_id) < 2**32):
+        raise ConfigError(f"{path}: [backup] binlog_server_id must be a number from 1 to 4294967295")
     return BackupSettings(
         primary_url,
         backup_url,
@@ -145,6 +151,7 @@ def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | N
         ssl_cert=_optional_file(path, section, "ssl_cert"),
         ssl_key=_optional_file(path, section, "ssl_key"),
         ssl_ca_file=_optional_file(path, section, "ssl_ca_file"),
+        binlog_server_id=int(server_id) if server_id else None,
     )
 
 

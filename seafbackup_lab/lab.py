@@ -93,11 +93,13 @@ class Lab:
         # MariaDB drops to the mysql user: every directory above its datadir must be traversable.
         self.dir.chmod(0o755)
         self._save_state()
-        for host in self.hosts.values():
+        for name, host in self.hosts.items():
             host.root.mkdir(exist_ok=True)
             host.root.chmod(0o755)
             server = host.mariadb
             server.initialize()
+            if name == "primary":
+                _write_primary_binlog_drop_in(host)
             server.start()
             self._provision_databases(host)
             self._write_seafile_conf(host)
@@ -145,6 +147,9 @@ class Lab:
                 )
                 for db in DATABASES:
                     cur.execute(f"GRANT ALL PRIVILEGES ON `{db}`.* TO %s@'%%'", (SEAFILE_DB_USER,))
+                if host.name == "primary":
+                    # What setup_backup.yml grants on the primary: the agent tails the binlog.
+                    cur.execute(f"GRANT {PRIMARY_AGENT_PRIVILEGES} ON *.* TO %s@'%%'", (SEAFILE_DB_USER,))
         finally:
             conn.close()
 
@@ -180,6 +185,19 @@ class Lab:
 
     def write_inventory(self, path: Path) -> None:
         path.write_text(render_inventory(self))
+
+
+PRIMARY_AGENT_PRIVILEGES = "REPLICATION SLAVE, BINLOG MONITOR"
+PRIMARY_BINLOG_DROP_IN = "50-lab-primary-binlog.cnf"
+
+
+def _write_primary_binlog_drop_in(host: LabHost) -> None:
+    """The lab's primary logs in ROW format from the start, as setup_backup.yml's drop-in makes it, so that tests
+    pairing the agents without the playbook run the agent's binlog change detection."""
+    (host.mariadb.paths.conf_d / PRIMARY_BINLOG_DROP_IN).write_text(
+        "# seafbackup lab: binary logging on the primary (setup_backup.yml writes 60-seafbackup-primary.cnf).\n"
+        f"[mysqld]\nserver-id = {SERVER_IDS[host.name]}\nlog-bin = mysql-bin\nbinlog_format = ROW\n"
+    )
 
 
 def _write_private(path: Path, text: str) -> None:

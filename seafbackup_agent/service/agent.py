@@ -14,9 +14,10 @@ from seafbackup_agent.config import SeafileConf, load_seafile_conf
 from seafbackup_agent.errors import ConfigError, SeafBackupError
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.service.backup import BackupOptions, BackupService
-from seafbackup_agent.service.control import create_control_app, create_metrics_app
+from seafbackup_agent.service.binlog import BinlogChangeDetector, default_server_id
+from seafbackup_agent.service.control import create_control_app, create_metrics_app, create_primary_metrics_app
 from seafbackup_agent.service.metrics import AgentMetrics
-from seafbackup_agent.service.primary import ChangeDetector, Notifier
+from seafbackup_agent.service.primary import Notifier
 from seafbackup_agent.service.state import StateStore
 from seafbackup_agent.transport.client import HttpSource, NotifyClient
 from seafbackup_agent.transport.server import (
@@ -69,16 +70,24 @@ async def run_primary(conf: SeafileConf, installation: SeafileInstallation, stop
     host, port = conf.backup.listen
     server = await start_server(create_primary_app(installation, conf.backup.sync_token), host, port,
                                 ssl_context=_server_ssl(conf))
-    log.info("primary agent serving on %s, notifying %s", server.url, conf.backup.backup_url)
+    server_id = conf.backup.binlog_server_id or default_server_id()
+    log.info("primary agent serving on %s, notifying %s; change detection: binlog (server id %d), "
+             "information_schema polling if the binlog cannot be read", server.url, conf.backup.backup_url, server_id)
     notify = NotifyClient.from_conf(conf, **_client_options(conf))
     asyncio.get_running_loop().create_task(_check_peer(notify, "backup agent"))
     notifier = Notifier(notify.notify, metrics)
-    detector = ChangeDetector(lambda: SeafileInstallation.open_rows(conf))
+    detector = BinlogChangeDetector(conf.database, lambda: SeafileInstallation.open_rows(conf), server_id=server_id,
+                                    on_kind=metrics.set_change_detector)
+    metrics_server = None
+    if conf.backup.metrics_listen:
+        metrics_server = await start_server(create_primary_metrics_app(metrics), *conf.backup.metrics_listen)
     try:
         await asyncio.gather(detector.run(stop, notifier.changed), notifier.run(stop))
     finally:
         await notify.close()
         await server.close()
+        if metrics_server:
+            await metrics_server.close()
 
 
 async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop: asyncio.Event) -> None:

@@ -48,6 +48,8 @@ class BackupService:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._forced: set[str] = set()
+        self._running: set[str] = set()
+        self._rerun: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self.first_poll_done = asyncio.Event()
         self.last_poll: float | None = None
@@ -151,9 +153,22 @@ class BackupService:
                 repo_id = await self._queue.get()
                 self._queued.discard(repo_id)
                 self.metrics.queue_depth.set(len(self._queued))
+                if repo_id in self._running:
+                    # One sync per library at a time (two would race on its Branch row): again after this one.
+                    self._rerun.add(repo_id)
+                    continue
                 force = repo_id in self._forced
                 self._forced.discard(repo_id)
-                outcome = await self._sync_one(repo_id, force, target)
+                self._running.add(repo_id)
+                try:
+                    outcome = await self._sync_one(repo_id, force, target)
+                finally:
+                    self._running.discard(repo_id)
+                if repo_id in self._rerun:
+                    self._rerun.discard(repo_id)
+                    if repo_id not in self._queued:
+                        self._queued.add(repo_id)
+                        self._queue.put_nowait(repo_id)
                 target = outcome.pop("target")
                 for future in self._waiters.pop(repo_id, []):
                     if not future.done():

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.service.backup import BackupService
+from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.state import LibraryState
 
 SERVICE = web.AppKey("service", BackupService)
@@ -78,4 +79,15 @@ def create_metrics_app(service: BackupService) -> web.Application:
     app[SERVICE] = service
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
+    return app
+
+
+def create_primary_metrics_app(metrics: AgentMetrics) -> web.Application:
+    """`/metrics` of the primary agent (`[backup] metrics_listen`): notifications, change detection in use."""
+
+    async def _primary_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", _primary_metrics)
     return app

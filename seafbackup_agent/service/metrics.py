@@ -24,6 +24,13 @@ class AgentMetrics:
         self.poll_seconds = Histogram("seafbackup_poll_seconds", "Duration of a full poll", registry=r)
         self.notifications = Counter(
             "seafbackup_notifications", "Head-move notifications sent (primary) or received (backup)", registry=r)
+        self.change_detector = Gauge(
+            "seafbackup_change_detector", "Change detection running on the primary (1 for its kind: binlog or probe)",
+            ["kind"], registry=r)
+
+    def set_change_detector(self, kind: str) -> None:
+        for known in ("binlog", "probe"):
+            self.change_detector.labels(kind=known).set(1 if kind == known else 0)
 
     def record(self, result: SyncResult) -> None:
         self.bytes_copied.inc(result.bytes)

@@ -17,13 +17,22 @@ HOT_SECONDS = 2.0
 """UPDATE_TIME has a resolution of one second: keep diffing for a while after a change."""
 
 
+def diff_heads(previous: dict[str, str], current: dict[str, str]) -> list[tuple[str, str | None]]:
+    """(library, new head or None if gone) for every library whose head differs between two full reads."""
+    changed: list[tuple[str, str | None]] = [(r, h) for r, h in current.items() if previous.get(r) != h]
+    changed += [(r, None) for r in previous.keys() - current.keys()]
+    return changed
+
+
 class ChangeDetector:
-    """Finds libraries whose `Branch` head moved.
+    """Finds libraries whose `Branch` head moved, by polling (the fallback of `binlog.BinlogChangeDetector`).
 
     Idle cost is one O(1) query per tick: `information_schema.TABLES.UPDATE_TIME` of `Branch`, which
     InnoDB keeps in memory. Only when it moves (and for a moment after) are all heads read and diffed
     against the last known ones. Seafile's own event queue (`seaf_server.event`) is left to seafevents.
     """
+
+    kind = "probe"
 
     def __init__(self, open_rows: Callable[[], LibraryRows], *, tick: float = 0.2) -> None:
         self.open_rows = open_rows
@@ -49,13 +58,12 @@ class ChangeDetector:
             self._hot_until = now + HOT_SECONDS
         elif self.heads is not None and now > self._hot_until:
             return []
-        current = dict(rows.iter_heads())
+        return self.diff(dict(rows.iter_heads()))
+
+    def diff(self, current: dict[str, str]) -> list[tuple[str, str | None]]:
+        """Adopt `current` as the known heads; what changed since the previous ones (nothing the first time)."""
         previous, self.heads = self.heads, current
-        if previous is None:
-            return []
-        changed: list[tuple[str, str | None]] = [(r, h) for r, h in current.items() if previous.get(r) != h]
-        changed += [(r, None) for r in previous.keys() - current.keys()]
-        return changed
+        return [] if previous is None else diff_heads(previous, current)
 
     async def run(self, stop: asyncio.Event, on_change: Callable[[str, str | None], None]) -> None:
         rows: LibraryRows | None = None

@@ -133,6 +133,8 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
                               "http://agent/metrics"], capture_output=True, text=True).stdout
     assert 'seafbackup_libraries{state="synchronized"} 4.0' in metrics
     assert LAB_SYNC_TOKEN not in agents.log("primary") + agents.log("backup")
+    assert lab.db_password not in agents.log("primary") + agents.log("backup")
+    assert "change detection: tailing the binlog of seafile_db" in agents.log("primary")
 
     assert agents.stop("backup") == 0  # SIGTERM: orderly shutdown
     assert agents.stop("primary") == 0

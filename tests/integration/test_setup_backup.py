@@ -13,7 +13,7 @@ import time
 import pymysql
 import pytest
 
-from seafbackup_lab.lab import LAB_REPLICATION_PASSWORD, render_inventory
+from seafbackup_lab.lab import LAB_REPLICATION_PASSWORD, PRIMARY_AGENT_PRIVILEGES, render_inventory
 from seafbackup_lab.services import UnitService
 from seafbackup_lab.sshd import LabSSH
 from seafbackup_lab.writer import SeafileServer
@@ -59,6 +59,8 @@ def _assert_no_secrets(run, lab):
 def fresh(playbook_lab):
     """A fresh lab, its seafile.conf texts before the playbook, then the first real run."""
     playbook_lab.reset()
+    # A primary as Seafile leaves it: the lab grants what setup_backup.yml grants, take it back to see the role do it.
+    query(playbook_lab, "primary", f"REVOKE {PRIMARY_AGENT_PRIVILEGES} ON *.* FROM 'seafile'@'%'")
     STATE["conf_before"] = {h: _seafile_conf(playbook_lab, h) for h in playbook_lab.hosts}
     return playbook_lab
 
@@ -122,6 +124,18 @@ def test_the_agents_account_can_write_on_the_backup_without_binlogging(seeded):
     conn.close()
     grants = " ".join(r[next(iter(r))] for r in query(seeded, "primary", "SHOW GRANTS FOR 'seafile'@'%'"))
     assert "BINLOG ADMIN" not in grants  # local to the backup, never replicated
+
+
+def test_the_agents_account_can_read_the_binlog_on_the_primary_only(seeded):
+    def grants(host):
+        return " ".join(r[next(iter(r))] for r in query(seeded, host, "SHOW GRANTS FOR 'seafile'@'%'"))
+
+    assert "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.*" in grants("primary")
+    assert "REPLICATION SLAVE" not in grants("backup")  # granted with sql_log_bin=0: not replicated
+    # The primary's agent (started by the playbook) is reading the binlog.
+    assert _wait_for(lambda: query(seeded, "primary", "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST "
+                                   "WHERE USER = 'seafile' AND COMMAND = 'Binlog Dump'") == [{"n": 1}])
+    assert "Falling back to polling" not in (seeded.primary.root / "var/log/seafbackup-agent.log").read_text()
 
 
 def test_seafile_conf_gets_backup_sections_with_one_token_and_keeps_the_rest(seeded):

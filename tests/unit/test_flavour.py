@@ -51,6 +51,7 @@ def test_mariadb_uses_master_slave_statements_gtid_slave_pos_and_binlog_admin(ve
     assert f["columns"]["seconds_behind"] == "Seconds_Behind_Master"
     assert f["binlog_expire"]["variable"] == "expire_logs_days"
     assert f["sql_log_bin_privilege"] == "BINLOG ADMIN"
+    assert f["binlog_reader_privileges"] == ["REPLICATION SLAVE", "BINLOG MONITOR"]
     assert f["replica_config"]["skip_replica_start_option"] == "skip-slave-start"
     assert "--gtid" in f["dump_gtid_args"] and f["dump"] == "mariadb-dump"
 
@@ -76,6 +77,7 @@ def test_mysql_8_0_recent_uses_replica_source_but_keeps_master_status_and_expire
     assert f["binlog_expire"]["variable"] == "expire_logs_days"
     assert f["gtid_source_option"] == "SOURCE_AUTO_POSITION = 1"
     assert f["sql_log_bin_privilege"] == "SYSTEM_VARIABLES_ADMIN"
+    assert f["binlog_reader_privileges"] == ["REPLICATION SLAVE", "REPLICATION CLIENT"]
     assert f["pre_import_statements"] == ["RESET MASTER"]
 
 

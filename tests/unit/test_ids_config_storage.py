@@ -49,6 +49,7 @@ def test_config_reads_database_and_backup_sections(tmp_path):
         ("sync_token = " + "a" * 40, "neither"),
         ("primary_url = http://a\nsync_token = short", "sync_token"),
         ("primary_url = http://a\nsync_token = " + "a" * 40 + "\nsync_poll_interval = soon", "hours"),
+        ("backup_url = http://b\nsync_token = " + "a" * 40 + "\nbinlog_server_id = 0", "binlog_server_id"),
     ],
 )
 def test_config_errors_say_what_to_fix(tmp_path, backup, message):
@@ -83,7 +84,10 @@ def test_backup_section_extensions(tmp_path):
     conf = load_seafile_conf(_conf(tmp_path, DB + "[backup]\nbackup_url = https://b:8091\nsync_token = " + "a" * 40
                                    + f"\nlisten = 10.0.0.1:9000\nworkers = 4\nssl_cert = {cert}\nssl_key = {cert}\n"))
     assert conf.backup.mode == "primary" and conf.backup.listen == ("10.0.0.1", 9000)
-    assert conf.backup.workers == 4 and conf.backup.ssl_cert == cert
+    assert conf.backup.workers == 4 and conf.backup.ssl_cert == cert and conf.backup.binlog_server_id is None
+    conf = load_seafile_conf(_conf(tmp_path, DB + "[backup]\nbackup_url = https://b:8091\nsync_token = " + "a" * 40
+                                   + "\nbinlog_server_id = 4000000001\n"))
+    assert conf.backup.binlog_server_id == 4000000001
     with pytest.raises(ConfigError, match="go together"):
         load_seafile_conf(_conf(tmp_path, DB + "[backup]\nbackup_url = https://b\nsync_token = " + "a" * 40
                                 + f"\nssl_cert = {cert}\n"))

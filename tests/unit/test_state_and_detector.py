@@ -1,7 +1,11 @@
-"""The backup's state store (SQLite) and the primary's change detector, without servers."""
+"""The backup's state store (SQLite) and the primary's change detectors, without servers."""
 
 import time
 
+from prometheus_client import generate_latest
+
+from seafbackup_agent.service.binlog import default_server_id
+from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.primary import ChangeDetector
 from seafbackup_agent.service.state import BACKOFF_BASE, LibraryState, StateStore
 
@@ -69,3 +73,17 @@ def test_change_detector_diffs_only_when_the_table_changed(monkeypatch):
     before = len(scans)
     assert detector.check(rows, now=20.0) == []
     assert len(scans) == before
+
+
+def test_binlog_server_id_is_per_host_and_far_above_replica_ids():
+    ids = {default_server_id(f"seafile-{i}") for i in range(50)}
+    assert len(ids) == 50 and all(2_000_000_000 <= i < 2_100_000_000 for i in ids)
+    assert default_server_id("seafile-1") == default_server_id("seafile-1")
+
+
+def test_metrics_say_which_change_detector_runs():
+    metrics = AgentMetrics()
+    metrics.set_change_detector("probe")
+    text = generate_latest(metrics.registry).decode()
+    assert 'seafbackup_change_detector{kind="probe"} 1.0' in text
+    assert 'seafbackup_change_detector{kind="binlog"} 0.0' in text
