@@ -38,7 +38,8 @@ class Plan:
 QUICK = Plan(
     quick=True,
     rpo_libraries=1000,
-    rpo_points=((1, 6, 4096), (10, 5, 4096), (100, 5, 4096), (1, 5, MiB), (10, 4, MiB), (100, 2, MiB)),
+    rpo_points=((1, 6, 4096), (10, 5, 4096), (50, 5, 4096), (100, 5, 4096), (1, 5, MiB), (10, 4, MiB),
+                (100, 2, MiB)),
     initial_files=5_000,
     initial_file_size=16 * 1024,
     initial_rounds=3,
@@ -52,7 +53,7 @@ QUICK = Plan(
 FULL = Plan(
     quick=False,
     rpo_libraries=1000,
-    rpo_points=((1, 60, 4096), (10, 30, 4096), (100, 20, 4096), (1, 30, 8 * MiB), (10, 15, 8 * MiB),
+    rpo_points=((1, 60, 4096), (10, 30, 4096), (50, 20, 4096), (100, 20, 4096), (1, 30, 8 * MiB), (10, 15, 8 * MiB),
                 (100, 3, 8 * MiB)),
     initial_files=100_000,
     initial_file_size=20 * 1024,

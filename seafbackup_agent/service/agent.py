@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from seafbackup_agent.transport.server import (
 log = logging.getLogger(__name__)
 
 CONTROL_SOCKET = "agent.sock"
+THREADS = 32
 
 
 def control_socket_path(conf: SeafileConf) -> Path:
@@ -142,6 +144,10 @@ async def run_agent(conf_dir: Path, data_dir: Path) -> int:
     installation = SeafileInstallation.open(conf_dir, data_dir)
     if not os.access(data_dir / "storage", os.R_OK) and (data_dir / "storage").exists():
         raise ConfigError(f"{data_dir}/storage is not readable by this user")
+    # Blocking work (file I/O, syncfs, PyMySQL) runs in threads; the default pool (cores + 4) is too small
+    # once workers wait on durability barriers and the database at the same time.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="seafbackup"))
     stop = asyncio.Event()
     _install_stop_handlers(stop)
     try:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
 from seafbackup_agent.errors import SeafBackupError
+from seafbackup_agent.seafile.ids import is_object_id, is_repo_id
 from seafbackup_agent.seafile.library import LibraryRows
 from seafbackup_agent.service.metrics import AgentMetrics
+from seafbackup_agent.transport.errors import RemoteError
+from seafbackup_agent.transport.server import MAX_NOTIFY_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,7 @@ class ChangeDetector:
 class Notifier:
     """Sends the latest head of each changed library to the backup; bursts coalesce, failures back off."""
 
-    def __init__(self, send: Callable[[str, str | None], Awaitable[None]], metrics: AgentMetrics,
+    def __init__(self, send: Callable[[list[tuple[str, str | None]]], Awaitable[None]], metrics: AgentMetrics,
                  *, max_backoff: float = 30.0) -> None:
         self.send = send
         self.metrics = metrics
@@ -101,10 +105,15 @@ class Notifier:
         self._wake = asyncio.Event()
 
     def changed(self, repo_id: str, head: str | None) -> None:
+        if not is_repo_id(repo_id) or (head is not None and not is_object_id(head)):
+            log.warning("change detection reported a malformed library %r / head %r: ignored", repo_id, head)
+            return
         self.pending[repo_id] = head
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """One request at a time carrying everything pending: under load, changes that pile up while a
+        request is on its way go together in the next one."""
         backoff = 0.0
         while not stop.is_set():
             if not self.pending:
@@ -115,16 +124,31 @@ class Notifier:
                 waiter.cancel()
                 stopper.cancel()
                 continue
-            repo_id, head = next(iter(self.pending.items()))
+            batch = list(itertools.islice(self.pending.items(), MAX_NOTIFY_BATCH))
             try:
-                await self.send(repo_id, head)
+                await self.send(batch)
+            except RemoteError as exc:
+                if 400 <= exc.status < 500:  # the backup will never take this batch: retrying cannot help
+                    log.error("notify: the backup refused %d changes: %s; they are left to its poll", len(batch), exc)
+                    self._sent(batch)
+                    continue
+                backoff = self._back_off(backoff, exc)
             except SeafBackupError as exc:
-                backoff = min(max(backoff * 2, 0.5), self.max_backoff)
-                log.warning("notify %s: %s; %d pending, retrying in %.1fs", repo_id, exc, len(self.pending), backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = self._back_off(backoff, exc)
+            else:
+                backoff = 0.0
+                self.metrics.notifications.inc(len(batch))
+                self._sent(batch)
                 continue
-            backoff = 0.0
-            self.metrics.notifications.inc()
-            if self.pending.get(repo_id, object()) == head:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+
+    def _sent(self, batch: list[tuple[str, str | None]]) -> None:
+        for repo_id, head in batch:
+            if self.pending.get(repo_id, object()) == head:  # not moved again meanwhile
                 del self.pending[repo_id]
+
+    def _back_off(self, backoff: float, exc: SeafBackupError) -> float:
+        backoff = min(max(backoff * 2, 0.5), self.max_backoff)
+        log.warning("notify: %s; %d pending, retrying in %.1fs", exc, len(self.pending), backoff)
+        return backoff

@@ -29,7 +29,7 @@ from seafbackup_agent.transport.errors import (
     TransportError,
     UnreachableError,
 )
-from seafbackup_agent.transport.server import END_FRAME_ID, FRAME, MAX_FS_BATCH
+from seafbackup_agent.transport.server import END_FRAME_ID, FRAME, MAX_FS_BATCH, MAX_NOTIFY_BATCH
 from seafbackup_agent.transport.signing import RequestSigner
 
 log = logging.getLogger("seafbackup_agent.transport")
@@ -58,7 +58,7 @@ class _SignedClient:
         retries: int = 4,
         backoff: float = 0.25,
         max_backoff: float = 8.0,
-        connections: int = 8,
+        connections: int = 16,
     ) -> None:
         url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -227,7 +227,7 @@ class HttpSource(_SignedClient):
 
     peer = "primary"
 
-    def __init__(self, base_url: str, token: str, *, fs_batch: int = FS_BATCH, parallel: int = 4, **options: Any):
+    def __init__(self, base_url: str, token: str, *, fs_batch: int = FS_BATCH, parallel: int = 16, **options: Any):
         super().__init__(base_url, token, **options)
         if not 0 < fs_batch <= MAX_FS_BATCH:
             raise ConfigError(f"fs_batch must be between 1 and {MAX_FS_BATCH}")
@@ -414,11 +414,15 @@ class NotifyClient(_SignedClient):
             raise ConfigError(f"{conf.path}: [backup] backup_url is not set", hint="this host is not a primary")
         return cls(conf.backup.backup_url, conf.backup.sync_token, **options)
 
-    async def notify(self, repo_id: str, head: str | None) -> None:
-        ids.repo_id(repo_id)
-        if head is not None:
-            ids.object_id(head, "head commit id")
-        body = json.dumps({"repo_id": repo_id, "head": head}).encode()
+    async def notify(self, changes: Sequence[tuple[str, str | None]]) -> None:
+        """Head moves as (repo_id, new head or None when the library is gone), at most MAX_NOTIFY_BATCH."""
+        if not 0 < len(changes) <= MAX_NOTIFY_BATCH:
+            raise ValueError(f"notify takes 1 to {MAX_NOTIFY_BATCH} changes")
+        for repo_id, head in changes:
+            ids.repo_id(repo_id)
+            if head is not None:
+                ids.object_id(head, "head commit id")
+        body = json.dumps([{"repo_id": r, "head": h} for r, h in changes]).encode()
 
         async def read(response: aiohttp.ClientResponse) -> None:
             await response.read()

@@ -16,7 +16,7 @@ Routes (all under /v1, all signed except health; see signing.py):
                                                      response: pack frames of the fs objects under "new" that
                                                      are not at the same path under "old" (bounded, may stop early)
     GET  /v1/stores/<store_id>/blocks/<id>           the block's stored bytes, streamed, with Content-Length
-    POST /v1/notify  (backup side)                   {"repo_id": ..., "head": <id or null>} -> 202
+    POST /v1/notify  (backup side)                   [{"repo_id": ..., "head": <id or null>}, ...] -> 202
 
 Pack frames (as Seafile's pack-fs): `[40-byte ASCII id][u32 big-endian length][stored bytes]` for each
 object found, missing ids simply absent, then one end frame: 40 ASCII zeros (EMPTY_ID, never stored) and
@@ -67,6 +67,8 @@ MAX_FS_BATCH = 10_000
 FRAME = struct.Struct(">40sI")
 END_FRAME_ID = EMPTY_ID.encode("ascii")
 BLOCK_CHUNK = 1 << 20
+MAX_NOTIFY_BATCH = 1000
+"""Most head moves in one notification (the primary sends what piled up while the last one was on its way)."""
 _PACK_READ_BYTES = 1 << 20
 """A pack response is read from disk and sent in pieces of about this size."""
 _HEADS_CHUNK = 2000
@@ -439,19 +441,22 @@ async def _notify(request: web.Request) -> web.Response:
         doc = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError):
         return _error(400, "body is not JSON")
-    if not isinstance(doc, dict) or not is_repo_id(doc.get("repo_id")):
-        return _error(400, "malformed repo_id")
-    head = doc.get("head")
-    if head is not None and not is_object_id(head):
-        return _error(400, "malformed head")
-    await request.app[NOTIFY](doc["repo_id"], head)
-    return web.json_response({"accepted": True}, status=202)
+    if not isinstance(doc, list) or not 0 < len(doc) <= MAX_NOTIFY_BATCH:
+        return _error(400, f"body must be a list of 1 to {MAX_NOTIFY_BATCH} changes")
+    for change in doc:
+        if not isinstance(change, dict) or not is_repo_id(change.get("repo_id")):
+            return _error(400, "malformed repo_id")
+        if change.get("head") is not None and not is_object_id(change["head"]):
+            return _error(400, "malformed head")
+    for change in doc:
+        await request.app[NOTIFY](change["repo_id"], change.get("head"))
+    return web.json_response({"accepted": len(doc)}, status=202)
 
 
 def create_backup_app(token: str, on_notify: NotifyCallback, *, window: float = DEFAULT_WINDOW) -> web.Application:
     """The backup's endpoint for the primary's notifications: `on_notify(repo_id, head)` for each one;
     head None means the library is gone on the primary."""
-    app = _base_app(token, window=window, max_body=64 * 1024)
+    app = _base_app(token, window=window, max_body=256 * 1024)  # room for MAX_NOTIFY_BATCH changes
     app[NOTIFY] = on_notify
     app.router.add_get(HEALTH_PATH, _health("backup"))
     app.router.add_post(f"{API}/notify", _notify)

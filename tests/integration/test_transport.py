@@ -23,6 +23,8 @@ from yarl import URL
 from seafbackup_agent.errors import InvalidIdError
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.service.metrics import AgentMetrics
+from seafbackup_agent.service.primary import Notifier
 from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_agent.transport.client import HttpSource, NotifyClient, parse_pack
@@ -440,25 +442,27 @@ def test_notify_reaches_the_callback_only_when_signed():
     async def scenario():
         server = await start_server(create_backup_app(TOKEN, on_notify))
         try:
-            repo = str(uuid.uuid4())
+            repo, other = str(uuid.uuid4()), str(uuid.uuid4())
             async with NotifyClient(server.url, TOKEN) as client:
                 assert (await client.check())["authenticated"] is True
-                await client.notify(repo, "a" * 40)
-                await client.notify(repo, None)
+                await client.notify([(repo, "a" * 40)])
+                await client.notify([(repo, None), (other, "c" * 40)])
                 with pytest.raises(InvalidIdError):
-                    await client.notify(repo, "A" * 40)
+                    await client.notify([(other, "d" * 40), (repo, "A" * 40)])
             async with HttpSource(server.url, TOKEN) as wrong_side:
                 with pytest.raises(ProtocolError, match="is the backup's agent, not the primary's"):
                     await wrong_side.check()
             async with NotifyClient(server.url, OTHER_TOKEN, **FAST) as client:
                 with pytest.raises(AuthenticationError, match="sync_token differs"):
-                    await client.notify(repo, "b" * 40)
-            for body in (b"{}", json.dumps({"repo_id": repo, "head": "zz"}).encode(), b"[]", b"nope"):
+                    await client.notify([(repo, "b" * 40)])
+            half_bad = json.dumps([{"repo_id": other, "head": "e" * 40}, {"repo_id": repo, "head": "zz"}]).encode()
+            too_many = json.dumps([{"repo_id": repo, "head": None}] * 1001).encode()
+            for body in (b"{}", half_bad, too_many, b"[]", b"nope", b'[{"head": null}]'):
                 assert (await raw_request(server.url, "POST", "/v1/notify", body=body))[0] == 400
             assert (await raw_request(server.url, "POST", "/v1/notify", body=b"{}", signed=False))[0] == 401
             status, body, _ = await raw_request(server.url, "GET", "/v1/health", signed=False)
             assert status == 200 and json.loads(body)["role"] == "backup"
-            assert received == [(repo, "a" * 40), (repo, None)]
+            assert received == [(repo, "a" * 40), (repo, None), (other, "c" * 40)]  # nothing of a refused batch
         finally:
             await server.close()
 
@@ -587,3 +591,49 @@ def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup
     finally:
         target.close()
     check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
+
+
+def test_the_notifier_batches_what_piles_up_and_drops_what_the_backup_refuses():
+    """Changes made while a notification is on its way go out together in the next request; a batch the
+    backup answers with 4xx is dropped (its poll catches up) instead of being retried forever."""
+    answers = iter([202, 400])  # then 202
+    bodies: list[list[dict]] = []
+
+    async def notify(request: web.Request) -> web.Response:
+        bodies.append(json.loads(await request.read()))
+        status = next(answers, 202)
+        if len(bodies) == 1:
+            await asyncio.sleep(0.3)  # a slow backup: changes pile up meanwhile
+        return web.json_response({}, status=status)
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_post("/v1/notify", notify)
+        server = await start_server(app)
+        stop = asyncio.Event()
+        try:
+            async with NotifyClient(server.url, TOKEN, **FAST) as client:
+                notifier = Notifier(client.notify, AgentMetrics())
+                runner = asyncio.create_task(notifier.run(stop))
+                repos = [str(uuid.uuid4()) for _ in range(6)]
+                notifier.changed(repos[0], "a" * 40)
+                await asyncio.sleep(0.1)
+                for repo in repos[1:4]:
+                    notifier.changed(repo, "b" * 40)
+                notifier.changed(repos[0], None)  # moved again while the first request is on its way
+                notifier.changed("not-a-library", "c" * 40)  # ignored, never sent
+                while len(bodies) < 2 or notifier.pending:
+                    await asyncio.sleep(0.02)
+                notifier.changed(repos[5], "d" * 40)
+                while len(bodies) < 3 or notifier.pending:
+                    await asyncio.sleep(0.02)
+                stop.set()
+                await runner
+        finally:
+            await server.close()
+        assert bodies[0] == [{"repo_id": repos[0], "head": "a" * 40}]
+        assert sorted((c["repo_id"], c["head"]) for c in bodies[1]) == sorted(
+            [(repos[0], None)] + [(r, "b" * 40) for r in repos[1:4]])
+        assert bodies[2] == [{"repo_id": repos[5], "head": "d" * 40}]  # the refused batch was not resent
+
+    asyncio.run(scenario())
