@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from benchmarks.json")
     parser.add_argument("--keep-lab", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the cases run in the existing benchmarks.json (each case keeps its run's "
+                             "command and time in the report)")
     parser.add_argument("--workers", type=int, default=2, help="the backup agent's [backup] workers")
     parser.add_argument("--poll-libraries", help="override the poll sizes: 1000,10000,...")
     parser.add_argument("--rpo-points", help="override the RPO points: rate:seconds:bytes,...")
@@ -46,9 +49,21 @@ def main(argv: list[str] | None = None) -> int:
             plan = dataclasses.replace(plan, rpo_points=tuple((r, s, int(b)) for r, s, b in points))
         if args.poll_libraries:
             plan = dataclasses.replace(plan, poll_libraries=tuple(int(n) for n in args.poll_libraries.split(",")))
-        results = run(plan, args.only.split(","), args.keep_lab)
+        cases = args.only.split(",")
+        fresh = run(plan, cases, args.keep_lab)
+        command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        origin = {"command": command.strip(), "started": fresh["started"], "elapsed_s": fresh["elapsed_s"],
+                  "quick": plan.quick, "workers": args.workers}
+        for case in cases:
+            fresh[case]["run"] = origin
+        if args.merge and data_file.exists():
+            results = json.loads(data_file.read_text())
+            results.update({case: fresh[case] for case in cases})
+            results["machine"] = fresh["machine"]
+        else:
+            results = fresh
         results["workers"] = args.workers
-        results["command"] = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        results["command"] = command
         data_file.write_text(json.dumps(results, indent=1, default=str) + "\n")
     made = report.plots(results, images)
     (docs / "benchmarks.md").write_text(report.markdown(results, made))

@@ -147,62 +147,53 @@ def publish_head(
     The locking reads keep REPEATABLE READ's gap locks on purpose: they make a concurrent Seafile GC's
     new GCID row wait for this commit. Two workers publishing new libraries can then deadlock on the
     same gap of `Branch`; InnoDB rolls one back whole, and it is simply run again."""
-    for attempt in range(DEADLOCK_RETRIES):
+
+    def attempt() -> None:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_log_bin=0")
+            conn.begin()
+            cur.execute("SELECT gc_id FROM GCID WHERE repo_id=%s FOR UPDATE", (store_id,))
+            row = cur.fetchone()
+            gc_id = row[0] if row else None
+            if gc_id != expected_gc_id:
+                conn.rollback()
+                raise GCConflict(
+                    f"library {repo_id}: Seafile GC ran on the backup during the copy (GCID changed)",
+                    hint="the sync is redone with a full check of the copied objects",
+                )
+            cur.execute(
+                "SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s FOR UPDATE", (repo_id, BRANCH)
+            )
+            row = cur.fetchone()
+            current = row[0] if row else None
+            if current != expected_head:
+                conn.rollback()
+                raise HeadMovedConflict(
+                    f"library {repo_id}: its head on the backup moved from {expected_head} to {current} during "
+                    "the copy",
+                    hint="another writer changed Branch on the backup; only the sync agent may",
+                )
+            cur.execute("INSERT IGNORE INTO Repo (repo_id) VALUES (%s)", (repo_id,))
+            cur.execute(
+                "INSERT IGNORE INTO RepoHead (repo_id, branch_name) VALUES (%s, %s)", (repo_id, BRANCH)
+            )
+            cur.execute(
+                "INSERT INTO Branch (name, repo_id, commit_id) VALUES (%s, %s, %s) "
+                "ON DUPLICATE KEY UPDATE commit_id=VALUES(commit_id)",
+                (BRANCH, repo_id, new_head),
+            )
+            conn.commit()
+
+    for attempt_number in range(DEADLOCK_RETRIES):
         try:
-            _publish_once(conn, repo_id=repo_id, store_id=store_id, expected_head=expected_head, new_head=new_head,
-                          expected_gc_id=expected_gc_id)
+            attempt()
             return
         except pymysql.MySQLError as exc:
             conn.rollback()
-            if exc.args and exc.args[0] == ER_LOCK_DEADLOCK and attempt + 1 < DEADLOCK_RETRIES:
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+            if exc.args and exc.args[0] == ER_LOCK_DEADLOCK and attempt_number + 1 < DEADLOCK_RETRIES:
+                time.sleep(random.uniform(0.005, 0.05) * (attempt_number + 1))
                 continue
             raise _write_failed(repo_id, "publishing the new head", exc) from exc
-
-
-def _publish_once(
-    conn: pymysql.connections.Connection,
-    *,
-    repo_id: str,
-    store_id: str,
-    expected_head: str | None,
-    new_head: str,
-    expected_gc_id: str | None,
-) -> None:
-    with conn.cursor() as cur:
-        cur.execute("SET SESSION sql_log_bin=0")
-        conn.begin()
-        cur.execute("SELECT gc_id FROM GCID WHERE repo_id=%s FOR UPDATE", (store_id,))
-        row = cur.fetchone()
-        gc_id = row[0] if row else None
-        if gc_id != expected_gc_id:
-            conn.rollback()
-            raise GCConflict(
-                f"library {repo_id}: Seafile GC ran on the backup during the copy (GCID changed)",
-                hint="the sync is redone with a full check of the copied objects",
-            )
-        cur.execute(
-            "SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s FOR UPDATE", (repo_id, BRANCH)
-        )
-        row = cur.fetchone()
-        current = row[0] if row else None
-        if current != expected_head:
-            conn.rollback()
-            raise HeadMovedConflict(
-                f"library {repo_id}: its head on the backup moved from {expected_head} to {current} during "
-                "the copy",
-                hint="another writer changed Branch on the backup; only the sync agent may",
-            )
-        cur.execute("INSERT IGNORE INTO Repo (repo_id) VALUES (%s)", (repo_id,))
-        cur.execute(
-            "INSERT IGNORE INTO RepoHead (repo_id, branch_name) VALUES (%s, %s)", (repo_id, BRANCH)
-        )
-        cur.execute(
-            "INSERT INTO Branch (name, repo_id, commit_id) VALUES (%s, %s, %s) "
-            "ON DUPLICATE KEY UPDATE commit_id=VALUES(commit_id)",
-            (BRANCH, repo_id, new_head),
-        )
-        conn.commit()
 
 
 def remove_library(conn: pymysql.connections.Connection, repo_id: str) -> None:

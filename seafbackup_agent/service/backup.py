@@ -95,14 +95,24 @@ class BackupService:
     async def poll(self) -> int:
         """Compare every library's head on the primary with the backup's; queue the differing ones."""
         started = time.monotonic()
-        target = await asyncio.to_thread(self.open_target)
-        try:
-            backup_heads = dict(await asyncio.to_thread(lambda: list(target.rows.iter_heads())))
-        finally:
-            target.close()
+
+        def read_backup_heads() -> dict[str, str]:
+            target = self.open_target()
+            try:
+                return dict(target.rows.iter_heads())
+            finally:
+                target.close()
+
+        # The backup's own heads are read while the primary's list streams in.
+        backup_read = asyncio.ensure_future(asyncio.to_thread(read_backup_heads))
         primary_heads: dict[str, str] = {}
-        async for repo_id, head in self.source.libraries():
-            primary_heads[repo_id] = head
+        try:
+            async for repo_id, head in self.source.libraries():
+                primary_heads[repo_id] = head
+        except BaseException:
+            backup_read.add_done_callback(lambda f: f.cancelled() or f.exception())  # the list's error wins
+            raise
+        backup_heads = await backup_read
         queued = 0
         in_sync = [(r, h) for r, h in primary_heads.items() if backup_heads.get(r) == h]
         await asyncio.to_thread(self.state.record_synchronized, in_sync)

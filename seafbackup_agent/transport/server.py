@@ -226,6 +226,14 @@ def _object_id(request: web.Request, key: str) -> str:
     return value
 
 
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "body is not JSON"}),
+                                 content_type="application/json") from None
+
+
 def _health(role: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def health(request: web.Request) -> web.Response:
         authenticated = SIGNATURE_HEADER in request.headers  # the middleware verified it
@@ -311,10 +319,7 @@ def _pack_handler(obj_type: ObjType) -> Callable[[web.Request], Awaitable[web.St
 
     async def pack(request: web.Request) -> web.StreamResponse:
         store_id = _repo_id(request, "store_id")
-        try:
-            obj_ids = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "body is not JSON")
+        obj_ids = await _json_body(request)
         if not isinstance(obj_ids, list):
             return _error(400, f"body must be a JSON list of {what} ids")
         if len(obj_ids) > MAX_FS_BATCH:
@@ -343,10 +348,7 @@ def _pack_handler(obj_type: ObjType) -> Callable[[web.Request], Awaitable[web.St
 
 async def _fs_diff(request: web.Request) -> web.Response:
     store_id = _repo_id(request, "store_id")
-    try:
-        doc = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "body is not JSON")
+    doc = await _json_body(request)
     if not (
         isinstance(doc, dict)
         and is_object_id(doc.get("new"))
@@ -437,10 +439,7 @@ def create_primary_app(
 
 
 async def _notify(request: web.Request) -> web.Response:
-    try:
-        doc = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "body is not JSON")
+    doc = await _json_body(request)
     if not isinstance(doc, list) or not 0 < len(doc) <= MAX_NOTIFY_BATCH:
         return _error(400, f"body must be a list of 1 to {MAX_NOTIFY_BATCH} changes")
     for change in doc:
