@@ -24,8 +24,11 @@ lint: deps
 unit: deps
 	$(BIN)/pytest tests/unit
 
+# Test files run on TEST_JOBS pytest-xdist workers (a file stays on one worker: its labs are shared by
+# its tests); each worker has lab addresses of its own (tests/conftest.py).
+TEST_JOBS ?= 2
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile
 
 # Benchmarks (issue 7): writes docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks/*.png.
 bench: deps

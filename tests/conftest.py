@@ -13,8 +13,20 @@ import pytest
 from seafbackup_lab.lab import DATABASES, Lab
 from seafbackup_lab.writer import SeafileServer
 
-# Override with SEAFBACKUP_TEST_ADDR_PREFIX (e.g. "127.0.1.2") so two test runs can share a machine.
-ADDR_PREFIX = os.environ.get("SEAFBACKUP_TEST_ADDR_PREFIX", "127.0.0.2")
+
+def _addr_prefix() -> str:
+    """`<a>.<b>.<c>.2`: the labs take <prefix>1..6. Override with SEAFBACKUP_TEST_ADDR_PREFIX (e.g.
+    "127.0.1.2") so two test runs can share a machine; each pytest-xdist worker N moves the third
+    number up by 100 + N so that parallel workers never share a server."""
+    prefix = os.environ.get("SEAFBACKUP_TEST_ADDR_PREFIX", "127.0.0.2")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        a, b, c, d = prefix.split(".")
+        prefix = f"{a}.{b}.{int(c) + 100 + int(worker[2:])}.{d}"
+    return prefix
+
+
+ADDR_PREFIX = _addr_prefix()
 TEST_ADDRESSES = {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"}
 LIFECYCLE_ADDRESSES = {"primary": f"{ADDR_PREFIX}3", "backup": f"{ADDR_PREFIX}4"}
 # The playbook tests' own pair: replication and conf drop-ins must not leak into the other tests' lab.

@@ -73,6 +73,9 @@ class _Run:
     dir_tasks: int = 0
     prefetched: dict[str, bytes] = field(default_factory=dict)
     """fs objects that came with a tree diff, until the walk uses them."""
+    unchanged_outside: set[str] | None = None
+    """The ids of a complete diff against a tree the target has whole: any other fs object of this
+    commit's tree is at the same path in that tree, so on the target (no need to look)."""
     commit_id: str = ""
     version: int = 1
     new_commits: dict[str, Commit] = field(default_factory=dict)
@@ -130,6 +133,7 @@ class SyncEngine:
                 await self._prefetch_changes(run, commit)
                 await self._copy_tree(run, commit.root_id)
                 run.prefetched.clear()
+                run.unchanged_outside = None
             commits = list(_oldest_first(run.new_commits))
             await self._put(run, [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits])
             run.result.commits += len(commits)
@@ -159,6 +163,8 @@ class SyncEngine:
     def _have(self, obj_type: ObjType, store_id: str, obj_id: str, run: _Run) -> bool:
         if run.deep and obj_type is not ObjType.BLOCKS:
             return False
+        if obj_type is ObjType.FS and run.unchanged_outside is not None and obj_id not in run.unchanged_outside:
+            return True
         # Staged first: a flush between the two checks moves the object from the batch to the store.
         return run.writes.has(obj_type, store_id, obj_id) or self.target.store.exists(obj_type, store_id, obj_id)
 
@@ -236,6 +242,7 @@ class SyncEngine:
         if not commit.parents or run.deep or self._have(ObjType.FS, run.meta.store_id, commit.root_id, run):
             return
         parent = run.new_commits.get(commit.parents[0])
+        parent_on_target = parent is None
         if parent is None:
             raw = self.target.store.read(ObjType.COMMITS, run.meta.repo_id, commit.parents[0])
             if raw is None:
@@ -244,9 +251,13 @@ class SyncEngine:
                 parent = parse_commit(raw)
             except FormatError:
                 return
-        if parent.root_id != EMPTY_ID:
-            run.prefetched = await self.source.changed_fs(run.meta.store_id, commit.root_id, parent.root_id,
-                                                          commit.version)
+        if parent.root_id == EMPTY_ID:
+            return
+        diff = await self.source.changed_fs(run.meta.store_id, commit.root_id, parent.root_id, commit.version)
+        run.prefetched = dict(diff.objects)
+        if diff.complete and parent_on_target:
+            # By the invariant, a commit on the target has its whole tree there.
+            run.unchanged_outside = set(diff.objects)
 
     async def _fetch_fs(self, run: _Run, obj_ids: Sequence[str]) -> dict[str, tuple[SeafDir | SeafFile, bytes]]:
         """Fetch and verify fs objects; returns id -> (parsed object, stored bytes) for the good ones."""

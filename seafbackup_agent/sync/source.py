@@ -9,7 +9,7 @@ from typing import Protocol
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library import LibraryMeta
 from seafbackup_agent.seafile.storage import ObjType
-from seafbackup_agent.seafile.treediff import changed_fs_objects
+from seafbackup_agent.seafile.treediff import TreeDiff, changed_fs_objects
 
 
 class ObjectSource(Protocol):
@@ -35,7 +35,7 @@ class ObjectSource(Protocol):
         """Several (small) blocks at once; missing ids are left out."""
         ...
 
-    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> dict[str, bytes]:
+    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> TreeDiff:
         """fs objects under `new_root` not at the same path under `old_root` (seafile/treediff.py):
         a prefetch, possibly incomplete, that saves a request per directory level."""
         ...
@@ -68,7 +68,7 @@ class LocalSource:
     async def blocks(self, store_id: str, block_ids: Sequence[str]) -> dict[str, bytes]:
         return await asyncio.to_thread(self._read_many, ObjType.BLOCKS, store_id, block_ids)
 
-    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> dict[str, bytes]:
+    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> TreeDiff:
         def read(obj_id: str) -> bytes | None:
             return self.installation.store.read(ObjType.FS, store_id, obj_id)
 

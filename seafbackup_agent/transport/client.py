@@ -21,6 +21,7 @@ from seafbackup_agent.config import SeafileConf
 from seafbackup_agent.errors import ConfigError
 from seafbackup_agent.seafile import ids
 from seafbackup_agent.seafile.library import LibraryMeta
+from seafbackup_agent.seafile.treediff import TreeDiff
 from seafbackup_agent.transport.errors import (
     AuthenticationError,
     ProtocolError,
@@ -29,7 +30,13 @@ from seafbackup_agent.transport.errors import (
     TransportError,
     UnreachableError,
 )
-from seafbackup_agent.transport.server import END_FRAME_ID, FRAME, MAX_FS_BATCH, MAX_NOTIFY_BATCH
+from seafbackup_agent.transport.server import (
+    DIFF_COMPLETE_HEADER,
+    END_FRAME_ID,
+    FRAME,
+    MAX_FS_BATCH,
+    MAX_NOTIFY_BATCH,
+)
 from seafbackup_agent.transport.signing import RequestSigner
 
 log = logging.getLogger("seafbackup_agent.transport")
@@ -325,13 +332,14 @@ class HttpSource(_SignedClient):
             raise ValueError(f"at most {MAX_FS_BATCH} blocks per request")
         return await self._pack(store_id, "blocks", wanted) if wanted else {}
 
-    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> dict[str, bytes]:
+    async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> TreeDiff:
         ids.repo_id(store_id, "store id")
         body = json.dumps({"new": ids.object_id(new_root, "fs object id"),
                            "old": ids.object_id(old_root, "fs object id"), "version": version}).encode()
 
-        async def read(response: aiohttp.ClientResponse) -> dict[str, bytes]:
-            return parse_pack(await response.read(), None)
+        async def read(response: aiohttp.ClientResponse) -> TreeDiff:
+            objects = parse_pack(await response.read(), None)
+            return TreeDiff(objects, complete=response.headers.get(DIFF_COMPLETE_HEADER) == "1")
 
         async with self._parallel:
             return await self._call(

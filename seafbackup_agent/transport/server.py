@@ -67,6 +67,8 @@ MAX_FS_BATCH = 10_000
 FRAME = struct.Struct(">40sI")
 END_FRAME_ID = EMPTY_ID.encode("ascii")
 BLOCK_CHUNK = 1 << 20
+DIFF_COMPLETE_HEADER = "X-Seafbackup-Diff-Complete"
+"""On an fs-diff answer: "1" when it holds every object that differs (no limit hit, nothing unreadable)."""
 MAX_NOTIFY_BATCH = 1000
 """Most head moves in one notification (the primary sends what piled up while the last one was on its way)."""
 _PACK_READ_BYTES = 1 << 20
@@ -358,16 +360,18 @@ async def _fs_diff(request: web.Request) -> web.Response:
         return _error(400, 'body must be {"new": <fs id>, "old": <fs id>, "version": 0 or 1}')
     store = request.app[INSTALLATION].store
 
-    def diff() -> bytes:
+    def diff() -> tuple[bytes, bool]:
         found = changed_fs_objects(lambda obj_id: store.read(ObjType.FS, store_id, obj_id), doc["new"], doc["old"],
                                    version=doc["version"])
         frames = bytearray()
-        for obj_id, data in found.items():
+        for obj_id, data in found.objects.items():
             frames += FRAME.pack(obj_id.encode("ascii"), len(data))
             frames += data
-        return bytes(frames + FRAME.pack(END_FRAME_ID, len(found)))
+        return bytes(frames + FRAME.pack(END_FRAME_ID, len(found.objects))), found.complete
 
-    return web.Response(body=await asyncio.to_thread(diff), content_type="application/octet-stream")
+    body, complete = await asyncio.to_thread(diff)
+    return web.Response(body=body, content_type="application/octet-stream",
+                        headers={DIFF_COMPLETE_HEADER: "1" if complete else "0"})
 
 
 def _open_block(path: str) -> tuple[Any, int] | None:

@@ -574,7 +574,7 @@ def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup
         async with serving(lab) as (server, installation), HttpSource(server.url, TOKEN) as http:
             # The diff is exactly root, a, b, c, d and the two new file objects (old.txt and other.txt are not).
             changed = await http.changed_fs(repo, new_root, old_root, 1)
-            assert len(changed) == 7 and new_root in changed
+            assert len(changed.objects) == 7 and new_root in changed.objects and changed.complete
             assert changed == await LocalSource(installation).changed_fs(repo, new_root, old_root, 1)
             engine = SyncEngine(http, target)
             await engine.sync_library(repo)  # the first state (full copy) of the library...

@@ -22,6 +22,7 @@ from seafbackup_agent.seafile.objects import (
     parse_fs_object,
     verify_block,
 )
+from seafbackup_agent.seafile.treediff import TreeDiff, changed_fs_objects
 
 SERVER_COMMIT = (
     '{"commit_id": "eefcf102112ad94e21f85c007cfd761e2de85c37", "root_id": "9af83b16d985083c773e4d1f5a71a4346db7777b", '
@@ -131,3 +132,29 @@ def test_verify_block():
     verify_block(hashlib.sha1(b"data").hexdigest(), b"data")
     with pytest.raises(FormatError):
         verify_block(hashlib.sha1(b"data").hexdigest(), b"tampered")
+
+
+def test_a_tree_diff_holds_exactly_what_changed_and_says_when_it_is_incomplete():
+    store: dict[str, bytes] = {}
+
+    def put(encoded: tuple[str, bytes]) -> str:
+        store[encoded[0]] = encoded[1]
+        return encoded[0]
+
+    def tree(text: str) -> str:
+        f = put(encode_file(len(text), [hashlib.sha1(text.encode()).hexdigest()]))
+        same = put(encode_file(4, ["a" * 40]))
+        sub = put(encode_dir([Dirent("f.txt", f, 0o100644, 1), Dirent("same.txt", same, 0o100644, 1)]))
+        keep = put(encode_dir([Dirent("k.txt", same, 0o100644, 1)]))
+        return put(encode_dir([Dirent("sub", sub, 0o40000, 1), Dirent("keep", keep, 0o40000, 1)]))
+
+    old_root, new_root = tree("old"), tree("new")
+    diff = changed_fs_objects(store.get, new_root, old_root, version=1)
+    # The root, sub/ and sub/f.txt changed; keep/ and sub/same.txt are at the same path in the old tree.
+    assert diff.complete and len(diff.objects) == 3 and new_root in diff.objects
+    assert all(store[i] == raw for i, raw in diff.objects.items())
+    assert changed_fs_objects(store.get, new_root, new_root, version=1) == TreeDiff({}, complete=True)
+    assert not changed_fs_objects(store.get, new_root, old_root, version=1, max_objects=2).complete
+    missing = dict(store)
+    del missing[next(i for i in diff.objects if i != new_root)]  # a changed object unreadable on the primary
+    assert not changed_fs_objects(missing.get, new_root, old_root, version=1).complete
