@@ -169,6 +169,8 @@ class BackupService:
                     continue
                 force = repo_id in self._forced
                 self._forced.discard(repo_id)
+                # Who asked before this sync started gets its outcome; who asks during it, the next one's.
+                waiters = self._waiters.pop(repo_id, [])
                 self._running.add(repo_id)
                 try:
                     outcome = await self._sync_one(repo_id, force, target)
@@ -180,7 +182,7 @@ class BackupService:
                         self._queued.add(repo_id)
                         self._queue.put_nowait(repo_id)
                 target = outcome.pop("target")
-                for future in self._waiters.pop(repo_id, []):
+                for future in waiters:
                     if not future.done():
                         future.set_result(outcome)
         finally:
