@@ -28,3 +28,10 @@ def connect(settings: DatabaseSettings, *, autocommit: bool = True) -> pymysql.c
             f"cannot connect to database {settings.db_name} at {where} as {settings.user}: {exc.args[-1]}",
             hint="check that MariaDB/MySQL is running and the [database] section of seafile.conf",
         ) from exc
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The server's error number of a PyMySQL error (compare with `pymysql.constants.ER`), else None."""
+    if isinstance(exc, pymysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pymysql
+from pymysql.constants import ER
 
 from seafbackup_agent.errors import DatabaseError
+from seafbackup_agent.seafile.db import error_code
 
 BRANCH = "master"
 
@@ -105,13 +107,11 @@ class LibraryRows:
         return row[0] if row else None
 
 
-ER_SPECIFIC_ACCESS_DENIED = 1227
-ER_LOCK_DEADLOCK = 1213
 DEADLOCK_RETRIES = 5
 
 
 def _write_failed(repo_id: str, what: str, exc: pymysql.MySQLError) -> DatabaseError:
-    if exc.args and exc.args[0] == ER_SPECIFIC_ACCESS_DENIED:
+    if error_code(exc) == ER.SPECIFIC_ACCESS_DENIED_ERROR:
         return DatabaseError(
             f"library {repo_id}: {what} failed: the database user may not write with sql_log_bin=0",
             hint="grant it BINLOG ADMIN on the backup (setup_backup.yml does)",
@@ -190,7 +190,7 @@ def publish_head(
             return
         except pymysql.MySQLError as exc:
             conn.rollback()
-            if exc.args and exc.args[0] == ER_LOCK_DEADLOCK and attempt_number + 1 < DEADLOCK_RETRIES:
+            if error_code(exc) == ER.LOCK_DEADLOCK and attempt_number + 1 < DEADLOCK_RETRIES:
                 time.sleep(random.uniform(0.005, 0.05) * (attempt_number + 1))
                 continue
             raise _write_failed(repo_id, "publishing the new head", exc) from exc

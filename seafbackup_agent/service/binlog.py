@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pymysql
+from pymysql.constants import ER
 from pymysqlreplication import BinLogStreamReader, row_event
 from pymysqlreplication.event import HeartbeatLogEvent, RotateEvent, XidEvent
 from pymysqlreplication.exceptions import BinLogNotEnabled
@@ -33,7 +34,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 
 from seafbackup_agent.config import DatabaseSettings
 from seafbackup_agent.errors import SeafBackupError
-from seafbackup_agent.seafile.db import connect
+from seafbackup_agent.seafile.db import connect, error_code
 from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.seafile.library import BRANCH, LibraryRows
 from seafbackup_agent.service.primary import ChangeDetector
@@ -45,9 +46,6 @@ logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)
 
 SERVER_ID_BASE = 2_000_000_000
 SERVER_ID_SPAN = 100_000_000
-ER_PARSE_ERROR = 1064
-ER_SPECIFIC_ACCESS_DENIED = 1227  # "you need (at least one of) the REPLICATION SLAVE privilege(s)"
-ER_MASTER_FATAL_READING_BINLOG = 1236  # the position is gone: binlog purged, or past the end of its file
 _ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)
 _LOOKUP = object()
 """Pending value of a library whose `Repo` row appeared: its head is read once at commit."""
@@ -84,10 +82,6 @@ class _Start:
 
 class BinlogUnavailable(SeafBackupError):
     """This account and server configuration cannot read the binlog: the detector falls back to polling."""
-
-
-def _code(exc: BaseException) -> int | None:
-    return exc.args[0] if isinstance(exc, pymysql.MySQLError) and exc.args and isinstance(exc.args[0], int) else None
 
 
 def _changes(event: row_event.RowsEvent) -> Iterator[tuple[str, object]]:
@@ -244,9 +238,9 @@ class BinlogChangeDetector:
             try:
                 cur.execute(statement)
             except pymysql.MySQLError as exc:
-                if _code(exc) == ER_PARSE_ERROR:
+                if error_code(exc) == ER.PARSE_ERROR:
                     continue
-                if _code(exc) == ER_SPECIFIC_ACCESS_DENIED:
+                if error_code(exc) == ER.SPECIFIC_ACCESS_DENIED_ERROR:
                     raise self._privileges_missing(exc) from exc
                 raise
             row = cur.fetchone()
@@ -297,14 +291,14 @@ class BinlogChangeDetector:
             except BinLogNotEnabled as exc:
                 raise BinlogUnavailable("binary logging is off on the primary's database") from exc
             except Exception as exc:
-                if _code(exc) == ER_SPECIFIC_ACCESS_DENIED:
+                if error_code(exc) == ER.SPECIFIC_ACCESS_DENIED_ERROR:  # needs REPLICATION SLAVE
                     raise self._privileges_missing(exc) from exc
-                if _code(exc) == ER_MASTER_FATAL_READING_BINLOG and self._restart_after_gap(loop, exc):
+                if error_code(exc) == ER.MASTER_FATAL_ERROR_READING_BINLOG and self._restart_after_gap(loop, exc):
                     backoff = 0.0
                     continue
                 backoff = min(max(backoff * 2, 0.5), self.max_backoff)
                 log.warning("change detection: binlog: %s; reconnecting from %s in %.1fs",
-                            exc.args[-1] if _code(exc) else exc, self.position, backoff)
+                            exc.args[-1] if error_code(exc) else exc, self.position, backoff)
                 halt.wait(backoff)
             finally:
                 stream.close()

@@ -137,7 +137,6 @@ class SyncEngine:
             commits = list(_oldest_first(run.new_commits))
             await self._put(run, [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits])
             run.result.commits += len(commits)
-            run.result.bytes += sum(len(c.raw) for c in commits)
             await asyncio.to_thread(run.writes.seal)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(run.writes.discard))
@@ -309,7 +308,6 @@ class SyncEngine:
         # Only now, with its whole subtree put: the batch places objects in the order they were put.
         await self._put(run, [(ObjType.FS, store_id, dir_id, raw)])
         run.result.fs_objects += 1
-        run.result.bytes += len(raw)
 
     async def _copy_dir_task(self, run: _Run, dir_id: str, fetched: tuple[SeafDir | SeafFile, bytes]) -> None:
         try:
@@ -341,7 +339,6 @@ class SyncEngine:
                    for file_id, (seaffile, raw) in files.items() if isinstance(seaffile, SeafFile)]
         await self._put(run, objects)
         run.result.fs_objects += len(objects)
-        run.result.bytes += sum(len(raw) for _t, _s, _i, raw in objects)
 
     def _packs(self, sizes: dict[str, int]) -> list[list[str]]:
         packs: list[list[str]] = []
@@ -394,8 +391,10 @@ class SyncEngine:
             self._object_failed(run, "block", block_id, run.commit_id, reason)
 
     async def _put(self, run: _Run, objects: list[tuple[ObjType, str, str, bytes]]) -> None:
+        """Stage fs objects and commits (counted in the result's bytes; blocks go through `_put_blocks`)."""
         if objects:
             await asyncio.to_thread(run.writes.put, objects)
+            run.result.bytes += sum(len(data) for _t, _s, _i, data in objects)
 
     def _object_failed(self, run: _Run, obj_type: str, obj_id: str, commit_id: str, reason: str) -> None:
         repo_id = run.meta.repo_id

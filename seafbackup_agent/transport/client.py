@@ -34,8 +34,8 @@ from seafbackup_agent.transport.server import (
     DIFF_COMPLETE_HEADER,
     END_FRAME_ID,
     FRAME,
-    MAX_FS_BATCH,
     MAX_NOTIFY_BATCH,
+    MAX_PACK_IDS,
 )
 from seafbackup_agent.transport.signing import RequestSigner
 
@@ -236,8 +236,8 @@ class HttpSource(_SignedClient):
 
     def __init__(self, base_url: str, token: str, *, fs_batch: int = FS_BATCH, parallel: int = 16, **options: Any):
         super().__init__(base_url, token, **options)
-        if not 0 < fs_batch <= MAX_FS_BATCH:
-            raise ConfigError(f"fs_batch must be between 1 and {MAX_FS_BATCH}")
+        if not 0 < fs_batch <= MAX_PACK_IDS:
+            raise ConfigError(f"fs_batch must be between 1 and {MAX_PACK_IDS}")
         self.fs_batch = fs_batch
         self._parallel = asyncio.Semaphore(parallel)
         self._head_commits: OrderedDict[tuple[str, str], bytes] = OrderedDict()
@@ -328,8 +328,8 @@ class HttpSource(_SignedClient):
         """Several blocks in one request (the caller keeps their total size reasonable)."""
         ids.repo_id(store_id, "store id")
         wanted = [ids.object_id(block_id, "block id") for block_id in dict.fromkeys(block_ids)]
-        if len(wanted) > MAX_FS_BATCH:
-            raise ValueError(f"at most {MAX_FS_BATCH} blocks per request")
+        if len(wanted) > MAX_PACK_IDS:
+            raise ValueError(f"at most {MAX_PACK_IDS} blocks per request")
         return await self._pack(store_id, "blocks", wanted) if wanted else {}
 
     async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> TreeDiff:
@@ -341,10 +341,7 @@ class HttpSource(_SignedClient):
             objects = parse_pack(await response.read(), None)
             return TreeDiff(objects, complete=response.headers.get(DIFF_COMPLETE_HEADER) == "1")
 
-        async with self._parallel:
-            return await self._call(
-                "POST", f"/v1/stores/{store_id}/fs-diff", read, body=body, content_type="application/json"
-            )
+        return await self._post_store(store_id, "fs-diff", body, read)
 
     async def _pack(self, store_id: str, kind: str, batch: list[str]) -> dict[str, bytes]:
         body = json.dumps(batch, separators=(",", ":")).encode()
@@ -352,6 +349,12 @@ class HttpSource(_SignedClient):
         async def read(response: aiohttp.ClientResponse) -> dict[str, bytes]:
             return parse_pack(await response.read(), set(batch))
 
+        return await self._post_store(store_id, kind, body, read)
+
+    async def _post_store(
+        self, store_id: str, kind: str, body: bytes, read: Callable[[aiohttp.ClientResponse], Awaitable[T]]
+    ) -> T:
+        """A JSON POST to `/v1/stores/<store_id>/<kind>`, within the limit of requests in flight."""
         async with self._parallel:
             return await self._call(
                 "POST", f"/v1/stores/{store_id}/{kind}", read, body=body, content_type="application/json"

@@ -61,8 +61,8 @@ access_log = logging.getLogger("seafbackup_agent.transport.access")
 API = "/v1"
 HEALTH_PATH = f"{API}/health"
 MAX_REQUEST_BODY = 1 << 20
-"""Largest request body accepted (413 above): room for MAX_FS_BATCH ids in JSON."""
-MAX_FS_BATCH = 10_000
+"""Largest request body accepted (413 above): room for MAX_PACK_IDS ids in JSON."""
+MAX_PACK_IDS = 10_000
 """Most ids in one pack request (400 above); the client sends FS_BATCH (client.py) fs ids at a time."""
 FRAME = struct.Struct(">40sI")
 END_FRAME_ID = EMPTY_ID.encode("ascii")
@@ -310,10 +310,18 @@ def _read_frames(
         index += 1
         data = installation.store.read(obj_type, store_id, obj_id)
         if data is not None:
-            out += FRAME.pack(obj_id.encode("ascii"), len(data))
-            out += data
+            _add_frame(out, obj_id, data)
             found += 1
     return bytes(out), found, index
+
+
+def _add_frame(out: bytearray, obj_id: str, data: bytes) -> None:
+    out += FRAME.pack(obj_id.encode("ascii"), len(data))
+    out += data
+
+
+def _end_frame(count: int) -> bytes:
+    return FRAME.pack(END_FRAME_ID, count)
 
 
 def _pack_handler(obj_type: ObjType) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -324,8 +332,8 @@ def _pack_handler(obj_type: ObjType) -> Callable[[web.Request], Awaitable[web.St
         obj_ids = await _json_body(request)
         if not isinstance(obj_ids, list):
             return _error(400, f"body must be a JSON list of {what} ids")
-        if len(obj_ids) > MAX_FS_BATCH:
-            return _error(400, f"at most {MAX_FS_BATCH} ids per request")
+        if len(obj_ids) > MAX_PACK_IDS:
+            return _error(400, f"at most {MAX_PACK_IDS} ids per request")
         if not all(is_object_id(obj_id) for obj_id in obj_ids):
             return _error(400, f"malformed {what} id")
         wanted = [obj_id for obj_id in dict.fromkeys(obj_ids) if obj_id != EMPTY_ID]
@@ -341,7 +349,7 @@ def _pack_handler(obj_type: ObjType) -> Callable[[web.Request], Awaitable[web.St
             if data:
                 await response.write(data)
             sent += found
-        await response.write(FRAME.pack(END_FRAME_ID, sent))
+        await response.write(_end_frame(sent))
         await response.write_eof()
         return response
 
@@ -365,9 +373,8 @@ async def _fs_diff(request: web.Request) -> web.Response:
                                    version=doc["version"])
         frames = bytearray()
         for obj_id, data in found.objects.items():
-            frames += FRAME.pack(obj_id.encode("ascii"), len(data))
-            frames += data
-        return bytes(frames + FRAME.pack(END_FRAME_ID, len(found.objects))), found.complete
+            _add_frame(frames, obj_id, data)
+        return bytes(frames + _end_frame(len(found.objects))), found.complete
 
     body, complete = await asyncio.to_thread(diff)
     return web.Response(body=body, content_type="application/octet-stream",

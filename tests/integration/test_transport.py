@@ -36,7 +36,7 @@ from seafbackup_agent.transport.errors import (
     UnreachableError,
 )
 from seafbackup_agent.transport.server import (
-    MAX_FS_BATCH,
+    MAX_PACK_IDS,
     create_backup_app,
     create_primary_app,
     server_ssl_context,
@@ -231,7 +231,7 @@ def test_forged_replayed_tampered_and_malformed_requests_get_4xx_and_no_data(pri
             assert await expect(url, 401, "POST", blocks_path, body=tampered, sign_body=blocks_body) == (
                 "signature mismatch"
             )
-            too_many = json.dumps(["a" * 40] * (MAX_FS_BATCH + 1)).encode()
+            too_many = json.dumps(["a" * 40] * (MAX_PACK_IDS + 1)).encode()
             await expect(url, 400, "POST", fs_path, body=too_many)
             assert "too large" in await expect(url, 413, "POST", fs_path, body=b"[" + b" " * (2 << 20) + b"]")
             await expect(url, 404, "GET", "/v1/nothing-here")
