@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -40,14 +41,24 @@ def make_lab_dir(prefix: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _running_lab(prefix: str, addresses: dict[str, str]) -> Iterator[Lab]:
+    """A lab in a fresh directory, stopped and removed afterwards, also when it failed to come up
+    (a server already started would otherwise keep its address for the next run)."""
+    lab_dir = make_lab_dir(prefix)
+    lab = Lab(lab_dir, addresses)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(lab_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def session_lab() -> Iterator[Lab]:
-    lab_dir = make_lab_dir("seafbackup-test-lab-")
-    lab = Lab(lab_dir, TEST_ADDRESSES)
-    lab.up()
-    yield lab
-    lab.down()
-    shutil.rmtree(lab_dir, ignore_errors=True)
+    with _running_lab("seafbackup-test-lab-", TEST_ADDRESSES) as lab:
+        yield lab
 
 
 def wipe_host(lab: Lab, name: str) -> None:
@@ -111,12 +122,10 @@ def backup_db_privileges(lab):
 @pytest.fixture(scope="session")
 def playbook_lab() -> Iterator[Lab]:
     """A lab for setup_backup.yml runs (a fresh one; tests reset it when they need a fresh pair)."""
-    lab_dir = make_lab_dir("seafbackup-test-playbook-")
-    lab = Lab(lab_dir, PLAYBOOK_ADDRESSES)
-    lab.up()
-    yield lab
     from seafbackup_lab.sshd import LabSSH
 
-    LabSSH(lab.dir, lab.addresses).down()
-    Lab(lab_dir).down()
-    shutil.rmtree(lab_dir, ignore_errors=True)
+    with _running_lab("seafbackup-test-playbook-", PLAYBOOK_ADDRESSES) as lab:
+        try:
+            yield lab
+        finally:
+            LabSSH(lab.dir, lab.addresses).down()
