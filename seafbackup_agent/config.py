@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,13 @@ class BackupSettings:
     ssl_key: Path | None = None
     ssl_ca_file: Path | None = None
     """CA file that signed the peer's certificate, when it is not one the system trusts."""
+    heartbeat_interval: float = 1.0
+    """Seconds between heartbeats: the backup pulls one from the primary's agent, the primary's agent writes the
+    replicated heartbeat row and checks that the backup takes its signatures."""
+    stale_after: float = 5.0
+    """Seconds without fresh evidence from the primary after which the backup says it is stale."""
+    heartbeat_database: str = "seafbackup"
+    """Database of seafbackup's own holding the replicated `heartbeat` table (setup_backup.yml's marker database)."""
     binlog_server_id: int | None = None
     """Server id the primary agent reads the binlog under (None: derived from the host name, see
     `service.binlog.default_server_id`). Must differ from every replica's server-id and every other agent's."""
@@ -136,6 +144,13 @@ def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | N
         raise ConfigError(f"{path}: [backup] workers is not a number") from exc
     if workers < 1:
         raise ConfigError(f"{path}: [backup] workers must be at least 1")
+    heartbeat_interval = _seconds(path, section, "heartbeat_interval", 1.0)
+    stale_after = _seconds(path, section, "stale_after", max(5.0, 5 * heartbeat_interval))
+    if stale_after < 2 * heartbeat_interval:
+        raise ConfigError(f"{path}: [backup] stale_after must be at least twice heartbeat_interval")
+    heartbeat_database = section.get("heartbeat_database", "seafbackup").strip()
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", heartbeat_database):
+        raise ConfigError(f"{path}: [backup] heartbeat_database must be a database name (letters, digits, _)")
     server_id = section.get("binlog_server_id", "").strip()
     if server_id and not (server_id.isdigit() and 0 < int(server_id) < 2**32):
         raise ConfigError(f"{path}: [backup] binlog_server_id must be a number from 1 to 4294967295")
@@ -152,7 +167,23 @@ def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | N
         ssl_key=_optional_file(path, section, "ssl_key"),
         ssl_ca_file=_optional_file(path, section, "ssl_ca_file"),
         binlog_server_id=int(server_id) if server_id else None,
+        heartbeat_interval=heartbeat_interval,
+        stale_after=stale_after,
+        heartbeat_database=heartbeat_database,
     )
+
+
+def _seconds(path: Path, section: configparser.SectionProxy, key: str, default: float) -> float:
+    raw = section.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [backup] {key} is not a number of seconds") from exc
+    if not 0 < value <= 3600:
+        raise ConfigError(f"{path}: [backup] {key} must be between 0 and 3600 seconds")
+    return value
 
 
 def _optional_file(path: Path, section: configparser.SectionProxy, key: str) -> Path | None:

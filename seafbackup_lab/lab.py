@@ -11,11 +11,14 @@ from importlib import resources
 from pathlib import Path
 
 from seafbackup_agent.config import DatabaseSettings, load_seafile_conf
+from seafbackup_agent.service.heartbeat import DB_HEARTBEAT_SCHEMA
 from seafbackup_lab.mariadb import MariaDBPaths, MariaDBServer
 from seafbackup_lab.services import UnitService
 
 DATABASES = ("ccnet_db", "seafile_db", "seahub_db")
 SEAFILE_DB_USER = "seafile"
+MARKER_DATABASE = "seafbackup"
+"""setup_backup.yml's database of its own on the primary (replicated): the agents' heartbeat row lives there."""
 DEFAULT_ADDRESSES = {"primary": "127.0.0.11", "backup": "127.0.0.12"}
 SERVER_IDS = {"primary": 1, "backup": 2}
 # The lab's replication password: a lab secret, committed on purpose (production keeps it in a vault).
@@ -148,8 +151,13 @@ class Lab:
                 for db in DATABASES:
                     cur.execute(f"GRANT ALL PRIVILEGES ON `{db}`.* TO %s@'%%'", (SEAFILE_DB_USER,))
                 if host.name == "primary":
-                    # What setup_backup.yml grants on the primary: the agent tails the binlog.
+                    # What setup_backup.yml grants on the primary: the agent tails the binlog and writes the
+                    # replicated heartbeat row into the marker database.
                     cur.execute(f"GRANT {PRIMARY_AGENT_PRIVILEGES} ON *.* TO %s@'%%'", (SEAFILE_DB_USER,))
+                    cur.execute(f"CREATE DATABASE IF NOT EXISTS `{MARKER_DATABASE}` CHARACTER SET utf8mb4")
+                    cur.execute(DB_HEARTBEAT_SCHEMA.format(database=MARKER_DATABASE))
+                    cur.execute(f"GRANT SELECT, INSERT, UPDATE ON `{MARKER_DATABASE}`.`heartbeat` TO %s@'%%'",
+                                (SEAFILE_DB_USER,))
         finally:
             conn.close()
 
@@ -299,7 +307,7 @@ def pair_agents(lab: Lab, *, state_dir: Path, poll_hours: float = 1.0, workers: 
     benchmarks that run the agents by hand (primary agent on :8090, backup agent on :8091)."""
     p, b = lab.primary.address, lab.backup.address
     _set_backup_section(lab.primary.seafile_conf_dir, f"backup_url = http://{b}:8091\nsync_token = {token}\n"
-                                                      f"listen = {p}:8090\n")
+                                                      f"listen = {p}:8090\nstate_dir = {state_dir}-primary\n")
     _set_backup_section(lab.backup.seafile_conf_dir,
                         f"primary_url = http://{p}:8090\nsync_token = {token}\nsync_poll_interval = {poll_hours}\n"
                         f"listen = {b}:8091\nstate_dir = {state_dir}\nworkers = {workers}\n")

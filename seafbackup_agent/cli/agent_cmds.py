@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from seafbackup_agent.cli.control_client import DEFAULT_CONF_DIR, call
 from seafbackup_agent.config import load_seafile_conf
@@ -21,7 +23,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     agent.add_argument("--data-dir", type=Path, default=Path("/opt/seafile/seafile-data"))
     agent.set_defaults(func=run_agent)
 
-    status = sub.add_parser("status", help="how many libraries are synchronized, waiting, syncing, failed")
+    status = sub.add_parser(
+        "status", help="on the backup: libraries synchronized, waiting, syncing, failed, and how fresh the backup is "
+                       "(exit 0 healthy, 5 stale or broken pairing, 6 failed libraries); on the primary: whether the "
+                       "backup takes our notifications")
     status.add_argument("--conf-dir", type=Path, default=Path(DEFAULT_CONF_DIR))
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=run_status)
@@ -35,14 +40,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sync.set_defaults(func=run_sync)
 
 
-def _socket(conf_dir: Path) -> Path:
+EXIT_STALE = 5
+"""`status`: the pairing is stale or broken (no fresh evidence from the primary, or the primary cannot deliver)."""
+EXIT_FAILED_LIBRARIES = 6
+"""`status`: the pairing is healthy but libraries failed to sync."""
+
+
+def _socket(conf_dir: Path, *, backup_only: bool = False) -> tuple[str, Path]:
     from seafbackup_agent.service.agent import control_socket_path
 
     conf = load_seafile_conf(conf_dir)
-    if conf.backup is None or conf.backup.mode != "backup":
+    if conf.backup is None:
+        raise ConfigError(f"{conf.path} has no [backup] section", hint="run setup_backup.yml to pair the hosts")
+    if backup_only and conf.backup.mode != "backup":
         raise ConfigError(f"{conf.path} does not configure this host as a backup ([backup] primary_url)",
-                          hint="run status and sync on the backup server")
-    return control_socket_path(conf)
+                          hint="run sync on the backup server")
+    return conf.backup.mode, control_socket_path(conf)
 
 
 def run_agent(args: argparse.Namespace, console: Console) -> int:
@@ -51,8 +64,18 @@ def run_agent(args: argparse.Namespace, console: Console) -> int:
     return asyncio.run(run(args.conf_dir, args.data_dir))
 
 
+def _when(t: float | None) -> str:
+    return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _seconds(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f}s"
+
+
 def format_status(doc: dict) -> str:
+    """Seafile's five lines of `seaf-backup-cmd.sh status` and its two lists, then the freshness."""
     counts = doc["counts"]
+    pairing = doc.get("pairing") or {}
     lines = [
         f"Total number of libraries: {doc['total']}",
         f"Number of synchronized libraries: {counts['synchronized']}",
@@ -65,22 +88,74 @@ def format_status(doc: dict) -> str:
         "",
         "List of libraries failed to sync:",
         *[lib["repo_id"] for lib in doc["libraries"] if lib["state"] == "failed"],
+        "",
     ]
+    if counts.get("unknown"):
+        lines.append(f"Number of libraries in unknown state: {counts['unknown']} (last known synchronized; "
+                     f"no evidence since {_when(pairing.get('since'))})")
+    lines += [
+        f"Pairing: {pairing.get('state', 'unknown')}" + (f" - {pairing['reason']}" if pairing.get("reason") else ""),
+        f"Current as of: {_when(pairing.get('current_as_of'))} "
+        f"(RPO bound {_seconds(pairing.get('rpo_bound_seconds'))})",
+        f"Primary agent last seen: {_when(pairing.get('primary_last_seen'))}",
+    ]
+    db_lag = pairing.get("db_lag") or {}
+    lines.append(f"Database replication lag: {_seconds(db_lag.get('seconds'))}"
+                 + (f" ({db_lag['error']})" if db_lag.get("error") else ""))
+    if doc.get("last_poll_error"):
+        lines.append(f"Last poll failed: {doc['last_poll_error']}")
     return "\n".join(lines)
 
 
+def format_primary_status(doc: dict) -> str:
+    lines = [
+        f"Mode: primary (agent instance {doc['instance']}, started {_when(doc['started_at'])})",
+        f"Backup: {doc['backup_url']} - " + ("reachable, accepts our signatures" if doc["healthy"] else "PROBLEM"),
+        *[f"  {p['source']}: {p['problem']} (since {_when(p['since'])})" for p in doc["problems"]],
+        f"Change detection: {doc['change_detector']}",
+        f"Changes waiting to be sent: {doc['pending_notifications']}",
+        f"Last notification delivered: {_when(doc['last_notification_delivered'])} "
+        f"({doc['notifications_delivered']} changes delivered since start)",
+        f"Every change delivered up to: {_when(doc['delivered_through'])} "
+        f"({_seconds(doc['delivery_lag_seconds'])} ago)",
+        f"Backup last pulled a heartbeat: {_when(doc['backup_last_pulled_heartbeat'])}",
+    ]
+    db = doc.get("database_heartbeat") or {}
+    lines.append(f"Database heartbeat row last written: {_when(db.get('last_written'))}"
+                 + (f" ({db['error']})" if db.get("error") else ""))
+    return "\n".join(lines)
+
+
+def status_exit_code(doc: dict) -> int:
+    if doc["mode"] == "primary":
+        return 0 if doc["healthy"] else EXIT_STALE
+    if (doc.get("pairing") or {}).get("state") != "ok":
+        return EXIT_STALE
+    return EXIT_FAILED_LIBRARIES if doc["counts"]["failed"] else 0
+
+
 def run_status(args: argparse.Namespace, console: Console) -> int:
-    _, doc = asyncio.run(call(_socket(args.conf_dir), "GET", "/status"))
+    mode, socket_path = _socket(args.conf_dir)
+    _, doc = asyncio.run(call(socket_path, "GET", "/status"))
+    code = status_exit_code(doc)
     if args.json:
         print(json.dumps(doc, indent=2))
-    else:
-        print(format_status(doc))
-    return 0
+        return code
+    if mode == "primary":
+        print(format_primary_status(doc))
+        return code
+    if code == EXIT_STALE:
+        # First thing an admin reads; on stderr so that the five lines on stdout keep Seafile's layout.
+        pairing = doc["pairing"]
+        Console(stderr=True).print(f"[bold red]WARNING:[/bold red] {escape(str(pairing['reason']))}. "
+                                   "The states below are not backed by fresh evidence.", highlight=False)
+    print(format_status(doc))
+    return code
 
 
 def run_sync(args: argparse.Namespace, console: Console) -> int:
     repo = valid_repo_id(args.library)
-    socket_path = _socket(args.conf_dir)
+    _, socket_path = _socket(args.conf_dir, backup_only=True)
     request = call(socket_path, "POST", "/sync", {"repo_id": repo, "force": args.force}, timeout=None)
     if console.is_terminal and not args.json:
         with console.status(f"syncing library {repo}{' (forced)' if args.force else ''}..."):

@@ -12,12 +12,20 @@ from pathlib import Path
 from aiohttp import web
 
 from seafbackup_agent.config import SeafileConf, load_seafile_conf
-from seafbackup_agent.errors import ConfigError, SeafBackupError
+from seafbackup_agent.errors import ConfigError
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.service.backup import BackupOptions, BackupService
 from seafbackup_agent.service.binlog import BinlogChangeDetector, default_server_id
-from seafbackup_agent.service.control import create_control_app, create_metrics_app, create_primary_metrics_app
+from seafbackup_agent.service.contact import PrimaryContact
+from seafbackup_agent.service.control import (
+    create_control_app,
+    create_metrics_app,
+    create_primary_control_app,
+    create_primary_metrics_app,
+)
+from seafbackup_agent.service.heartbeat import Coverage, DbHeartbeat, ProblemBoard, new_instance_id
 from seafbackup_agent.service.metrics import AgentMetrics
+from seafbackup_agent.service.pairing import PrimaryPairing
 from seafbackup_agent.service.primary import Notifier
 from seafbackup_agent.service.state import StateStore
 from seafbackup_agent.transport.client import HttpSource, NotifyClient
@@ -51,45 +59,74 @@ def _client_options(conf: SeafileConf) -> dict:
     return {"ca_file": str(conf.backup.ssl_ca_file)} if conf.backup.ssl_ca_file else {}
 
 
-async def _check_peer(client, what: str) -> None:
-    """Say at start what is wrong with the pairing; keep running either way (the peer may come later)."""
-    try:
-        await client.check()
-        log.info("%s reachable and paired", what)
-    except SeafBackupError as exc:
-        log.error("%s: %s", what, exc)
-
-
 def _install_stop_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
 
+async def _serve_control(app: web.Application, socket_path: Path) -> web.AppRunner:
+    """The local control API on a unix socket that only this user can open (0600)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    socket_path.unlink(missing_ok=True)
+    old_umask = os.umask(0o077)
+    try:
+        await web.UnixSite(runner, str(socket_path)).start()
+    finally:
+        os.umask(old_umask)
+    return runner
+
+
 async def run_primary(conf: SeafileConf, installation: SeafileInstallation, stop: asyncio.Event) -> None:
     assert conf.backup is not None
+    settings = conf.backup
     metrics = AgentMetrics()
-    host, port = conf.backup.listen
-    server = await start_server(create_primary_app(installation, conf.backup.sync_token), host, port,
-                                ssl_context=_server_ssl(conf))
-    server_id = conf.backup.binlog_server_id or default_server_id()
-    log.info("primary agent serving on %s, notifying %s; change detection: binlog (server id %d), "
-             "information_schema polling if the binlog cannot be read", server.url, conf.backup.backup_url, server_id)
+    coverage = Coverage()
+    problems = ProblemBoard()
     notify = NotifyClient.from_conf(conf, **_client_options(conf))
-    asyncio.get_running_loop().create_task(_check_peer(notify, "backup agent"))
-    notifier = Notifier(notify.notify, metrics)
+    notifier = Notifier(notify.notify, metrics, coverage, problems)
+    server_id = settings.binlog_server_id or default_server_id()
     detector = BinlogChangeDetector(conf.database, lambda: SeafileInstallation.open_rows(conf), server_id=server_id,
-                                    on_kind=metrics.set_change_detector)
+                                    on_kind=metrics.set_change_detector, coverage=coverage)
+    instance = new_instance_id()
+    pairing = PrimaryPairing(
+        notifier=notifier, coverage=coverage, problems=problems, detector=detector,
+        backup=_NoRetryCheck(notify), metrics=metrics, interval=settings.heartbeat_interval,
+        db_heartbeat=DbHeartbeat(conf.database, settings.heartbeat_database, instance,
+                                 interval=settings.heartbeat_interval, metrics=metrics),
+        backup_url=str(settings.backup_url))
+    host, port = settings.listen
+    server = await start_server(create_primary_app(installation, settings.sync_token, heartbeat=pairing.heartbeat),
+                                host, port, ssl_context=_server_ssl(conf))
+    log.info("primary agent %s serving on %s, notifying %s; change detection: binlog (server id %d), "
+             "information_schema polling if the binlog cannot be read", instance, server.url, settings.backup_url,
+             server_id)
+    socket_path = control_socket_path(conf)
+    control = await _serve_control(create_primary_control_app(pairing), socket_path)
     metrics_server = None
-    if conf.backup.metrics_listen:
-        metrics_server = await start_server(create_primary_metrics_app(metrics), *conf.backup.metrics_listen)
+    if settings.metrics_listen:
+        metrics_server = await start_server(create_primary_metrics_app(metrics), *settings.metrics_listen)
     try:
-        await asyncio.gather(detector.run(stop, notifier.changed), notifier.run(stop))
+        await asyncio.gather(detector.run(stop, notifier.changed), notifier.run(stop), pairing.run(stop))
     finally:
         await notify.close()
         await server.close()
+        await control.cleanup()
+        socket_path.unlink(missing_ok=True)
         if metrics_server:
             await metrics_server.close()
+
+
+class _NoRetryCheck:
+    """The pairing's periodic check of the backup: one attempt each time (the loop itself retries)."""
+
+    def __init__(self, client: NotifyClient) -> None:
+        self.client = client
+
+    async def check(self) -> dict:
+        return await self.client.check(retries=0)
 
 
 async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop: asyncio.Event) -> None:
@@ -99,34 +136,30 @@ async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop:
     state = StateStore(settings.state_dir / "state.sqlite")
     metrics = AgentMetrics()
     source = HttpSource.from_conf(conf, **_client_options(conf))
-    await _check_peer(source, "primary agent")
     data_dir = installation.data_dir
     service = BackupService(
         source,
         lambda: SeafileInstallation.open(conf.path.parent, data_dir),
         state,
         metrics,
-        BackupOptions(workers=settings.workers, poll_interval_hours=settings.sync_poll_interval_hours),
+        BackupOptions(workers=settings.workers, poll_interval_hours=settings.sync_poll_interval_hours,
+                      stale_after=settings.stale_after),
     )
+    contact = PrimaryContact(source.heartbeat, service.freshness, metrics, interval=settings.heartbeat_interval,
+                             request_poll=service.request_poll, database=conf.database,
+                             marker_database=settings.heartbeat_database)
     host, port = settings.listen
     notify_server = await start_server(create_backup_app(settings.sync_token, service.notified), host, port,
                                        ssl_context=_server_ssl(conf))
-    control = web.AppRunner(create_control_app(service), access_log=None)
-    await control.setup()
     socket_path = control_socket_path(conf)
-    socket_path.unlink(missing_ok=True)
-    old_umask = os.umask(0o077)
-    try:
-        await web.UnixSite(control, str(socket_path)).start()
-    finally:
-        os.umask(old_umask)
+    control = await _serve_control(create_control_app(service, contact), socket_path)
     metrics_server = None
     if settings.metrics_listen:
         metrics_server = await start_server(create_metrics_app(service), *settings.metrics_listen)
     log.info("backup agent: notifications on %s, control socket %s, primary %s", notify_server.url, socket_path,
              settings.primary_url)
     try:
-        await service.run(stop)
+        await asyncio.gather(service.run(stop), contact.run(stop))
     finally:
         await notify_server.close()
         await control.cleanup()

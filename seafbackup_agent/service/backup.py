@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -12,11 +13,13 @@ from dataclasses import asdict, dataclass
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.service.freshness import FreshnessTracker, PairingState
 from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.state import LibraryState, StateStore
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.result import SyncResult
 from seafbackup_agent.sync.source import ObjectSource
+from seafbackup_agent.transport.errors import failure_kind
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,10 @@ class BackupOptions:
     workers: int = 2
     poll_interval_hours: float = 1.0
     retry_check_seconds: float = 5.0
+    stale_after: float = 5.0
+    poll_retry_min: float = 1.0
+    poll_retry_max: float = 60.0
+    """A failed poll is retried after 1, 2, 4 ... this many seconds, not after the poll interval."""
 
 
 class BackupService:
@@ -53,6 +60,10 @@ class BackupService:
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self.first_poll_done = asyncio.Event()
         self.last_poll: float | None = None
+        self.last_poll_error: str | None = None
+        self.freshness = FreshnessTracker(stale_after=options.stale_after)
+        self._poll_now = asyncio.Event()
+        self._retry_failed_at_poll = False
 
     # --- entry points ------------------------------------------------------------------------------
 
@@ -61,6 +72,7 @@ class BackupService:
             return
         if force:
             self._forced.add(repo_id)
+        self.freshness.queued(repo_id)
         self.state.waiting(repo_id, head)
         if repo_id not in self._queued:
             self._queued.add(repo_id)
@@ -69,6 +81,7 @@ class BackupService:
 
     async def notified(self, repo_id: str, head: str | None) -> None:
         """A notification from the primary's agent."""
+        self.metrics.notifications.inc()
         status = self.state.get(repo_id)
         if status and status.synced_head == head and status.state is LibraryState.SYNCHRONIZED:
             return
@@ -86,15 +99,24 @@ class BackupService:
         tasks.append(asyncio.create_task(self._poller(stop)))
         tasks.append(asyncio.create_task(self._retrier(stop)))
         await stop.wait()
+        self._poll_now.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- poll ---------------------------------------------------------------------------------------
 
-    async def poll(self) -> int:
-        """Compare every library's head on the primary with the backup's; queue the differing ones."""
+    def request_poll(self, *, retry_failed: bool = True) -> None:
+        """Poll now (contact regained, a new primary instance); failed libraries are retried at once too."""
+        self._retry_failed_at_poll = self._retry_failed_at_poll or retry_failed
+        self._poll_now.set()
+
+    async def poll(self, *, retry_failed: bool = False) -> int:
+        """Compare every library's head on the primary with the backup's; queue the differing ones.
+        `retry_failed`: also queue libraries that failed at the primary's current head (not waiting for their
+        backoff)."""
         started = time.monotonic()
+        evidence = self.freshness.poll_started()
 
         def read_backup_heads() -> dict[str, str]:
             target = self.open_target()
@@ -114,37 +136,53 @@ class BackupService:
             raise
         backup_heads = await backup_read
         queued = 0
-        in_sync = [(r, h) for r, h in primary_heads.items() if backup_heads.get(r) == h]
+        # A library with a change queued since is left as it is: the list may predate that change.
+        in_sync = [(r, h) for r, h in primary_heads.items()
+                   if backup_heads.get(r) == h and not self.freshness.is_outstanding(r)]
         await asyncio.to_thread(self.state.record_synchronized, in_sync)
         for repo_id, head in primary_heads.items():
             if backup_heads.get(repo_id) != head:
                 status = self.state.get(repo_id)
-                if status and status.state is LibraryState.FAILED and status.primary_head == head:
-                    continue  # retried on its own schedule
+                if not retry_failed and status and status.state is LibraryState.FAILED and status.primary_head == head:
+                    if not self.freshness.is_outstanding(repo_id):
+                        self.freshness.queued(repo_id)  # behind, retried on its own schedule
+                    continue
                 self.enqueue(repo_id, head)
                 queued += 1
         for repo_id in backup_heads.keys() - primary_heads.keys():
             self.enqueue(repo_id, None)  # deleted on the primary
             queued += 1
         self.state.forget_missing(primary_heads.keys() | backup_heads.keys())
+        self.freshness.poll_finished(evidence)
         self.last_poll = time.time()
+        self.last_poll_error = None
         self.metrics.poll_seconds.observe(time.monotonic() - started)
         log.info("poll: %d libraries on the primary, %d queued, %.2fs", len(primary_heads), queued,
                  time.monotonic() - started)
         return queued
 
     async def _poller(self, stop: asyncio.Event) -> None:
+        """A full poll at start, every poll interval, at once when asked (`request_poll`); a failed poll is
+        retried with backoff in seconds."""
         interval = self.options.poll_interval_hours * 3600
+        backoff = 0.0
         while not stop.is_set():
+            self._poll_now.clear()
+            retry_failed, self._retry_failed_at_poll = self._retry_failed_at_poll, False
             try:
-                await self.poll()
-            except SeafBackupError as exc:
-                log.error("poll failed: %s", exc)
-            except Exception:
-                log.exception("poll failed")
+                await self.poll(retry_failed=retry_failed)
+                backoff = 0.0
+            except Exception as exc:
+                if not isinstance(exc, SeafBackupError):
+                    log.exception("poll failed")
+                backoff = min(max(backoff * 2, self.options.poll_retry_min), self.options.poll_retry_max)
+                self.last_poll_error = str(exc)
+                self.metrics.poll_failures.labels(reason=failure_kind(exc)).inc()
+                log.error("poll failed: %s; retrying in %.0fs", exc, backoff)
+                self._retry_failed_at_poll = self._retry_failed_at_poll or retry_failed
             self.first_poll_done.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+                await asyncio.wait_for(self._poll_now.wait(), timeout=backoff or interval)
 
     async def _retrier(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -172,10 +210,13 @@ class BackupService:
                 # Who asked before this sync started gets its outcome; who asks during it, the next one's.
                 waiters = self._waiters.pop(repo_id, [])
                 self._running.add(repo_id)
+                self.freshness.sync_started(repo_id)
+                outcome: dict = {"ok": False, "target": target}
                 try:
                     outcome = await self._sync_one(repo_id, force, target)
                 finally:
                     self._running.discard(repo_id)
+                    self.freshness.sync_finished(repo_id, ok=outcome["ok"])
                 if repo_id in self._rerun:
                     self._rerun.discard(repo_id)
                     if repo_id not in self._queued:
@@ -237,4 +278,9 @@ class BackupService:
             self.metrics.libraries.labels(state=state.value).set(n)
         oldest = self.state.oldest_unsynced_since()
         self.metrics.oldest_unsynced_seconds.set(time.time() - oldest if oldest else 0)
+        fresh = self.freshness.snapshot()
+        self.metrics.pairing_stale.set(0 if fresh.state is PairingState.OK else 1)
+        self.metrics.rpo_bound_seconds.set(math.nan if fresh.rpo_bound_seconds is None else fresh.rpo_bound_seconds)
+        seen = fresh.primary_last_seen
+        self.metrics.primary_last_seen_seconds.set(math.nan if seen is None else time.time() - seen)
 

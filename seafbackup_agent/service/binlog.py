@@ -21,6 +21,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.db import connect, error_code
 from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.seafile.library import BRANCH, LibraryRows
+from seafbackup_agent.service.heartbeat import Coverage, LogPosition
 from seafbackup_agent.service.primary import ChangeDetector
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class _Start:
 
     position: BinlogPosition
     heads: dict[str, str]
+    read_at: float
+    """When reading began: every change committed before it is in `heads` or after `position`."""
 
 
 class BinlogUnavailable(SeafBackupError):
@@ -125,12 +129,14 @@ class BinlogChangeDetector:
 
     def __init__(self, database: DatabaseSettings, open_rows: Callable[[], LibraryRows], *, server_id: int,
                  heartbeat: float = 0.5, max_backoff: float = 30.0,
-                 on_kind: Callable[[str], None] | None = None) -> None:
+                 on_kind: Callable[[str], None] | None = None, coverage: Coverage | None = None) -> None:
         self.database = database
         self.server_id = server_id
         self.heartbeat = heartbeat
         self.max_backoff = max_backoff
-        self.fallback = ChangeDetector(open_rows)
+        self.coverage = coverage or Coverage()
+        self.fallback = ChangeDetector(open_rows, coverage=self.coverage)
+        self._barrier_conn: pymysql.connections.Connection | None = None
         self.kind = "binlog"
         self.position: BinlogPosition | None = None
         """The last transaction boundary read: where a reconnect resumes."""
@@ -152,6 +158,7 @@ class BinlogChangeDetector:
         if start is None:
             return
         self._resync(start.heads)
+        self.coverage.covered(start.read_at)
         self.position = start.position
         log.info("change detection: tailing the binlog of %s from %s (server id %d)", self.database.db_name,
                  start.position, self.server_id)
@@ -194,6 +201,7 @@ class BinlogChangeDetector:
                   self.database.db_name, exc, self.fallback.tick)
         self.kind = self.fallback.kind
         self._on_kind(self.kind)
+        self.coverage.restart()
         await self.fallback.run(stop, on_change)
 
     def _resync(self, heads: dict[str, str]) -> None:
@@ -209,11 +217,33 @@ class BinlogChangeDetector:
                 known[repo_id] = head
             self._on_change(repo_id, head)
 
+    def end_position(self) -> LogPosition | None:
+        """The binlog's end now, for a coverage barrier (blocking; from one thread at a time). None while the
+        polling fallback runs: it reports its coverage itself."""
+        if self.kind != "binlog":
+            return None
+        try:
+            if self._barrier_conn is None:
+                self._barrier_conn = connect(self.database)
+            with self._barrier_conn.cursor() as cur:
+                end = self._binlog_end(cur)
+        except BaseException:
+            self.close_barrier()
+            raise
+        return LogPosition.of(end.file, end.pos)
+
+    def close_barrier(self) -> None:
+        if self._barrier_conn is not None:
+            with contextlib.suppress(Exception):
+                self._barrier_conn.close()
+            self._barrier_conn = None
+
     # --- the reader thread ----------------------------------------------------------------------------
 
     def _begin(self) -> _Start:
         """Check that the binlog is readable, then read its current end and every head (in that order: a head
         moved in between is reported twice, never missed)."""
+        read_at = time.time()
         conn = connect(self.database)
         try:
             with conn.cursor() as cur:
@@ -229,7 +259,7 @@ class BinlogChangeDetector:
                     raise BinlogUnavailable(f"binlog_format is {binlog_format}, not ROW",
                                             hint="set binlog_format=ROW (setup_backup.yml does)")
                 position = self._binlog_end(cur)
-            return _Start(position, dict(LibraryRows(conn).iter_heads()))
+            return _Start(position, dict(LibraryRows(conn).iter_heads()), read_at)
         finally:
             conn.close()
 
@@ -320,6 +350,7 @@ class BinlogChangeDetector:
             return False
         self.position = start.position
         self._call(loop, self._resync, start.heads)
+        self._call(loop, self.coverage.covered, start.read_at)
         return True
 
     def _open_stream(self, position: BinlogPosition) -> BinLogStreamReader:
@@ -362,8 +393,12 @@ class BinlogChangeDetector:
                     self._call(loop, self._apply, self._resolve(pending, lookup))
                     pending = {}
                 self.position = BinlogPosition(stream.log_file, stream.log_pos)
+                self._call(loop, self.coverage.seen, LogPosition.of(stream.log_file, stream.log_pos))
             elif isinstance(event, RotateEvent):
                 self.position = BinlogPosition(stream.log_file, stream.log_pos)
+            elif isinstance(event, HeartbeatLogEvent) and not pending:
+                # Sent only when the server has nothing more to send: everything before its position is read.
+                self._call(loop, self.coverage.seen, LogPosition.of(stream.log_file, stream.log_pos))
             if halt.is_set():
                 return
         raise ConnectionError("the server ended the binlog stream")

@@ -14,29 +14,51 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.service.backup import BackupService
+from seafbackup_agent.service.contact import PrimaryContact
+from seafbackup_agent.service.freshness import PairingState
 from seafbackup_agent.service.metrics import AgentMetrics
+from seafbackup_agent.service.pairing import PrimaryPairing
 from seafbackup_agent.service.state import LibraryState
 
 SERVICE = web.AppKey("service", BackupService)
+CONTACT = web.AppKey("contact", PrimaryContact)
+PAIRING = web.AppKey("pairing", PrimaryPairing)
+UNKNOWN = "unknown"
+"""The state shown instead of "synchronized" while the pairing is stale: no evidence backs the claim."""
 
 
-def status_document(service: BackupService) -> dict:
-    libraries = service.state.all()
-    counts = {state.value: 0 for state in LibraryState}
-    for lib in libraries:
-        counts[lib.state.value] += 1
+def status_document(service: BackupService, contact: PrimaryContact | None = None) -> dict:
+    fresh = service.freshness.snapshot()
+    known = fresh.state is PairingState.OK
+    counts = {state.value: 0 for state in LibraryState} | {UNKNOWN: 0}
+    libraries = []
+    for lib in service.state.all():
+        doc = asdict(lib)
+        doc["behind"] = lib.state is not LibraryState.SYNCHRONIZED or service.freshness.is_outstanding(lib.repo_id)
+        if lib.state is LibraryState.SYNCHRONIZED and not known:
+            doc["last_known_state"] = doc["state"]
+            doc["state"] = UNKNOWN
+            doc["unknown_since"] = fresh.since
+        counts[doc["state"]] += 1
+        libraries.append(doc)
+    pairing = fresh.as_dict()
+    pairing["db_lag"] = contact.db_lag_doc() if contact is not None else None
     return {
         "mode": "backup",
+        "healthy": known and counts[LibraryState.FAILED.value] == 0,
+        "pairing": pairing,
         "total": len(libraries),
         "counts": counts,
         "queue_depth": len(service._queued),
         "last_poll": service.last_poll,
-        "libraries": [asdict(lib) for lib in libraries],
+        "last_poll_error": service.last_poll_error,
+        "libraries": libraries,
     }
 
 
 async def _status(request: web.Request) -> web.Response:
-    return web.json_response(status_document(request.app[SERVICE]), dumps=lambda d: json.dumps(d, default=str))
+    doc = status_document(request.app[SERVICE], request.app.get(CONTACT))
+    return web.json_response(doc, dumps=lambda d: json.dumps(d, default=str))
 
 
 async def _sync(request: web.Request) -> web.Response:
@@ -63,9 +85,11 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "mode": "backup", "first_poll_done": service.first_poll_done.is_set()})
 
 
-def create_control_app(service: BackupService) -> web.Application:
+def create_control_app(service: BackupService, contact: PrimaryContact | None = None) -> web.Application:
     app = web.Application()
     app[SERVICE] = service
+    if contact is not None:
+        app[CONTACT] = contact
     app.router.add_get("/status", _status)
     app.router.add_post("/sync", _sync)
     app.router.add_get("/metrics", _metrics)
@@ -79,6 +103,18 @@ def create_metrics_app(service: BackupService) -> web.Application:
     app[SERVICE] = service
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
+    return app
+
+
+def create_primary_control_app(pairing: PrimaryPairing) -> web.Application:
+    """The primary agent's control socket: `status` there (is the backup reachable, what is waiting)."""
+
+    async def _primary_status(request: web.Request) -> web.Response:
+        return web.json_response(request.app[PAIRING].status())
+
+    app = web.Application()
+    app[PAIRING] = pairing
+    app.router.add_get("/status", _primary_status)
     return app
 
 

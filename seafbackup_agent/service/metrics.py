@@ -24,6 +24,29 @@ class AgentMetrics:
         self.poll_seconds = Histogram("seafbackup_poll_seconds", "Duration of a full poll", registry=r)
         self.notifications = Counter(
             "seafbackup_notifications", "Head-move notifications sent (primary) or received (backup)", registry=r)
+        self.notify_failures = Counter(
+            "seafbackup_notify_failures", "Notifications or backup health checks that failed (primary)", ["reason"],
+            registry=r)
+        self.heartbeat_failures = Counter(
+            "seafbackup_heartbeat_failures",
+            "Heartbeats that failed: pulled by the backup (by transport error) or the database row (kind=database)",
+            ["kind"], registry=r)
+        self.poll_failures = Counter("seafbackup_poll_failures", "Full polls that failed (backup)", ["reason"],
+                                     registry=r)
+        self.pairing_stale = Gauge(
+            "seafbackup_pairing_stale", "1 while the backup has no fresh evidence from the primary (stale or starting)",
+            registry=r)
+        self.rpo_bound_seconds = Gauge(
+            "seafbackup_rpo_bound_seconds",
+            "Upper bound of what a failover now would lose: now - the time the backup is current as of "
+            "(NaN before the first evidence)", registry=r)
+        self.primary_last_seen_seconds = Gauge(
+            "seafbackup_primary_last_seen_seconds", "Seconds since the primary's agent last answered a heartbeat",
+            registry=r)
+        self.db_lag_seconds = Gauge(
+            "seafbackup_db_lag_seconds",
+            "Upper bound of the database replication lag (age of the newest replicated heartbeat row; NaN unknown)",
+            registry=r)
         self.change_detector = Gauge(
             "seafbackup_change_detector", "Change detection running on the primary (1 for its kind: binlog or probe)",
             ["kind"], registry=r)

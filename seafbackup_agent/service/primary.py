@@ -6,17 +6,20 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.ids import is_object_id, is_repo_id
 from seafbackup_agent.seafile.library import LibraryRows
+from seafbackup_agent.service.heartbeat import Coverage, ProblemBoard
 from seafbackup_agent.service.metrics import AgentMetrics
-from seafbackup_agent.transport.errors import RemoteError
+from seafbackup_agent.transport.errors import RemoteError, failure_kind
 from seafbackup_agent.transport.server import MAX_NOTIFY_BATCH
 
 log = logging.getLogger(__name__)
 
+NOTIFY_PROBLEM = "notifications"
 HOT_SECONDS = 2.0
 """UPDATE_TIME has a resolution of one second: keep diffing for a while after a change."""
 
@@ -38,9 +41,11 @@ class ChangeDetector:
 
     kind = "probe"
 
-    def __init__(self, open_rows: Callable[[], LibraryRows], *, tick: float = 0.2) -> None:
+    def __init__(self, open_rows: Callable[[], LibraryRows], *, tick: float = 0.2,
+                 coverage: Coverage | None = None) -> None:
         self.open_rows = open_rows
         self.tick = tick
+        self.coverage = coverage or Coverage()
         self.heads: dict[str, str] | None = None
         self._last_update_time: object = None
         self._hot_until = 0.0
@@ -76,8 +81,10 @@ class ChangeDetector:
             try:
                 if rows is None:
                     rows = await asyncio.to_thread(self.open_rows)
+                began = time.time()
                 for repo_id, head in await asyncio.to_thread(self.check, rows, loop.time()):
                     on_change(repo_id, head)
+                self.coverage.covered(began)
             except SeafBackupError as exc:
                 log.error("change detection: %s", exc)
                 rows = None
@@ -94,26 +101,52 @@ class ChangeDetector:
 
 
 class Notifier:
-    """Sends the latest head of each changed library to the backup; bursts coalesce, failures back off."""
+    """Sends the latest head of each changed library to the backup; bursts coalesce, failures back off.
+
+    It also keeps the second half of the heartbeat's claim (see `service.heartbeat`): `delivered_through()` is
+    the primary time before which every detected change has been accepted by the backup."""
 
     def __init__(self, send: Callable[[list[tuple[str, str | None]]], Awaitable[None]], metrics: AgentMetrics,
-                 *, max_backoff: float = 30.0) -> None:
+                 coverage: Coverage, problems: ProblemBoard, *, min_backoff: float = 1.0,
+                 max_backoff: float = 60.0) -> None:
         self.send = send
         self.metrics = metrics
+        self.coverage = coverage
+        self.problems = problems
+        self.min_backoff = min_backoff
         self.max_backoff = max_backoff
-        self.pending: dict[str, str | None] = {}
+        self.pending: dict[str, tuple[str | None, float | None]] = {}
+        """library -> (newest head, D when its oldest undelivered change was detected); insertion order is
+        detection order, so the first entry carries the smallest D."""
+        self.last_delivered: float | None = None
+        self.delivered = 0
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()
+
+    def retry_now(self) -> None:
+        """The backup answers again: end a backoff wait now instead of after up to `max_backoff` seconds."""
+        self._retry.set()
 
     def changed(self, repo_id: str, head: str | None) -> None:
         if not is_repo_id(repo_id) or (head is not None and not is_object_id(head)):
             log.warning("change detection reported a malformed library %r / head %r: ignored", repo_id, head)
             return
-        self.pending[repo_id] = head
+        entry = self.pending.get(repo_id)
+        self.pending[repo_id] = (head, self.coverage.detected_through if entry is None else entry[1])
         self._wake.set()
+
+    def delivered_through(self) -> float | None:
+        """C: every change committed before it has been accepted by the backup (None: no claim yet)."""
+        detected = self.coverage.detected_through
+        if not self.pending or detected is None:
+            return detected
+        oldest = next(iter(self.pending.values()))[1]
+        return None if oldest is None else min(oldest, detected)
 
     async def run(self, stop: asyncio.Event) -> None:
         """One request at a time carrying everything pending: under load, changes that pile up while a
-        request is on its way go together in the next one."""
+        request is on its way go together in the next one. Nothing is dropped: a refused batch is retried (and
+        reported) until the backup takes it, since the heartbeats claim that every change was delivered."""
         backoff = 0.0
         while not stop.is_set():
             if not self.pending:
@@ -124,31 +157,39 @@ class Notifier:
                 waiter.cancel()
                 stopper.cancel()
                 continue
-            batch = list(itertools.islice(self.pending.items(), MAX_NOTIFY_BATCH))
+            batch = [(repo_id, head) for repo_id, (head, _) in itertools.islice(self.pending.items(),
+                                                                              MAX_NOTIFY_BATCH)]
             try:
                 await self.send(batch)
-            except RemoteError as exc:
-                if 400 <= exc.status < 500:  # the backup will never take this batch: retrying cannot help
-                    log.error("notify: the backup refused %d changes: %s; they are left to its poll", len(batch), exc)
-                    self._sent(batch)
-                    continue
-                backoff = self._back_off(backoff, exc)
             except SeafBackupError as exc:
-                backoff = self._back_off(backoff, exc)
+                backoff = self._back_off(backoff, exc, len(batch))
             else:
                 backoff = 0.0
                 self.metrics.notifications.inc(len(batch))
                 self._sent(batch)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            self._retry.clear()
+            retry = asyncio.create_task(self._retry.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({retry, stopper}, timeout=backoff, return_when=asyncio.FIRST_COMPLETED)
+            retry.cancel()
+            stopper.cancel()
 
     def _sent(self, batch: list[tuple[str, str | None]]) -> None:
         for repo_id, head in batch:
-            if self.pending.get(repo_id, object()) == head:  # not moved again meanwhile
+            entry = self.pending.get(repo_id)
+            if entry is not None and entry[0] == head:  # not moved again meanwhile
                 del self.pending[repo_id]
+        self.last_delivered = time.time()
+        self.delivered += len(batch)
+        self.problems.clear(NOTIFY_PROBLEM)
 
-    def _back_off(self, backoff: float, exc: SeafBackupError) -> float:
-        backoff = min(max(backoff * 2, 0.5), self.max_backoff)
+    def _back_off(self, backoff: float, exc: SeafBackupError, size: int) -> float:
+        backoff = min(max(backoff * 2, self.min_backoff), self.max_backoff)
+        kind = failure_kind(exc)
+        self.metrics.notify_failures.labels(reason=kind).inc()
+        refused = isinstance(exc, RemoteError) and 400 <= exc.status < 500
+        self.problems.set(NOTIFY_PROBLEM, f"{'the backup refused' if refused else 'cannot deliver'} {size} "
+                                          f"notifications: {exc}")
         log.warning("notify: %s; %d pending, retrying in %.1fs", exc, len(self.pending), backoff)
         return backoff

@@ -106,15 +106,11 @@ class _SignedClient:
             await self._session.close()
             self._session = None
 
-    async def check(self) -> dict[str, Any]:
+    async def check(self, *, retries: int | None = None) -> dict[str, Any]:
         """A signed health check: the peer is reachable, is the expected side, and shares our token.
         Raises the same errors as any request (AuthenticationError, UnreachableError, TLSError, ...)."""
-
-        async def read(response: aiohttp.ClientResponse) -> Any:
-            return json.loads(await response.read())
-
         try:
-            doc = await self._call("GET", "/v1/health", read)
+            doc = await self._call("GET", "/v1/health", _read_json, retries=retries)
         except ValueError as exc:
             raise ProtocolError(f"{self.base_url} does not answer like a seafbackup agent") from exc
         if not isinstance(doc, dict) or doc.get("authenticated") is not True:
@@ -160,6 +156,7 @@ class _SignedClient:
         body: bytes = b"",
         content_type: str | None = None,
         ok: tuple[int, ...] = (200,),
+        retries: int | None = None,
     ) -> T:
         """Send a signed request (new nonce on every attempt) and `read` the answer; retry what may pass.
 
@@ -172,7 +169,8 @@ class _SignedClient:
         headers = {"Content-Type": content_type} if content_type else {}
         delay = self.backoff
         failure: Exception | None = None
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(min(delay, self.max_backoff) * (0.5 + random.random()))
                 delay *= 2
@@ -217,12 +215,16 @@ class _SignedClient:
                 failure = exc
                 log.debug("%s %s: %r (attempt %d)", method, path, exc, attempt + 1)
         if isinstance(failure, RemoteError):
-            raise RemoteError(f"{failure.message} (after {self.retries + 1} attempts)", status=failure.status)
+            raise RemoteError(f"{failure.message} (after {retries + 1} attempts)", status=failure.status)
         raise UnreachableError(
-            f"the {self.peer} at {self.base_url} is unreachable after {self.retries + 1} attempts: "
+            f"the {self.peer} at {self.base_url} is unreachable after {retries + 1} attempts: "
             f"{failure or 'no answer'}",
             hint=f"check that the seafbackup agent runs on the {self.peer} and listens at that URL",
         )
+
+
+async def _read_json(response: aiohttp.ClientResponse) -> Any:
+    return json.loads(await response.read())
 
 
 def _is_not_found(status: int, reason: str) -> bool:
@@ -260,6 +262,13 @@ class HttpSource(_SignedClient):
                 status=404,
             )
         return await response.read()
+
+    async def heartbeat(self) -> Any:
+        """The primary's heartbeat (one attempt: the caller pulls again at its own pace)."""
+        try:
+            return await self._call("GET", "/v1/heartbeat", _read_json, retries=0)
+        except ValueError as exc:
+            raise ProtocolError(f"{self.base_url} sent a heartbeat that is not JSON") from exc
 
     async def libraries(self) -> AsyncIterator[tuple[str, str]]:
         """Every library as (repo_id, head), streamed; raises unless the list arrived complete."""

@@ -33,3 +33,12 @@ class RemoteError(TransportError):
 
 class ProtocolError(TransportError):
     """The answer does not follow the API (truncated list, bad framing, unexpected ids)."""
+
+
+def failure_kind(exc: BaseException) -> str:
+    """A short label of why talking to the other agent failed, for metrics and alerts."""
+    for cls, kind in ((AuthenticationError, "authentication"), (TLSError, "tls"), (UnreachableError, "unreachable"),
+                      (RemoteError, "remote"), (ProtocolError, "protocol")):
+        if isinstance(exc, cls):
+            return kind
+    return "other"

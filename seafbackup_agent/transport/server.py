@@ -4,6 +4,10 @@ Routes (all under /v1, all signed except health; see signing.py):
 
     GET  /v1/health                                  {"status": "ok", "role": ..., "authenticated": bool}
                                                      (open; when signed, the signature is checked too)
+    GET  /v1/heartbeat                               {"instance", "now", "age", "change_detector", "pending",
+                                                     "problem", "problem_age"}: every head move committed more
+                                                     than `age` s before `now` was delivered to the backup
+                                                     (service/heartbeat.py)
     GET  /v1/libraries                               text lines "<repo_id> <head>", then "end <count>"
                                                      (or "error <reason>" if the list broke off)
     GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON (+ "head_commit": its stored text when
@@ -84,6 +88,7 @@ VERIFIER = web.AppKey("verifier", RequestVerifier)
 INSTALLATION = web.AppKey("installation", SeafileInstallation)
 NOTIFY = web.AppKey("notify", Callable)  # type: ignore[arg-type]
 MAX_BODY = web.AppKey("max_body", int)
+HEARTBEAT = web.AppKey("heartbeat", Callable)  # type: ignore[arg-type]
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -242,6 +247,10 @@ def _health(role: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         return web.json_response({"status": "ok", "role": role, "api": 1, "authenticated": authenticated})
 
     return health
+
+
+async def _heartbeat(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HEARTBEAT]())
 
 
 async def _libraries(request: web.Request) -> web.StreamResponse:
@@ -420,8 +429,9 @@ def create_primary_app(
     window: float = DEFAULT_WINDOW,
     db_connections: int = 4,
     max_body: int = MAX_REQUEST_BODY,
+    heartbeat: Callable[[], dict] | None = None,
 ) -> web.Application:
-    """The primary's read-only API over `installation`.
+    """The primary's read-only API over `installation`; `heartbeat()` answers `GET /v1/heartbeat` (404 without).
 
     It opens its own database connections (up to `db_connections`, closed on cleanup) and only reads
     `installation.store`; `installation.rows` is left to its owner.
@@ -436,6 +446,9 @@ def create_primary_app(
 
     app.on_cleanup.append(_close_pool)
     app.router.add_get(HEALTH_PATH, _health("primary"))
+    if heartbeat is not None:
+        app[HEARTBEAT] = heartbeat
+        app.router.add_get(f"{API}/heartbeat", _heartbeat)
     app.router.add_get(f"{API}/libraries", _libraries)
     app.router.add_get(f"{API}/libraries/{{repo_id}}", _library)
     app.router.add_get(f"{API}/libraries/{{repo_id}}/commits/{{commit_id}}", _commit)

@@ -200,3 +200,32 @@ def test_an_unreadable_binlog_falls_back_to_polling_with_one_clear_error(primary
     assert len(errors) == 1 and message in errors[0] and "Falling back to polling" in errors[0], errors
     assert detector.detector.kind == "probe" and detector.kinds == ["binlog", "probe"]
     assert lab.db_password not in caplog.text
+
+
+def test_coverage_reaches_a_barrier_only_after_every_change_before_it_was_reported(primary, lab, running):
+    """The heartbeat's first claim (service/heartbeat.py): once `detected_through` reaches t, every head move
+    committed before t has been reported. Also when the primary is idle (the server's heartbeat events carry the
+    reader past the barrier)."""
+    r = running()
+    coverage = r.detector.coverage
+
+    def barrier() -> float:
+        at = time.time()
+        end = r.detector.end_position()
+        r.loop.call_soon_threadsafe(coverage.barrier, end, at)
+        return at
+
+    def reached(at: float, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (coverage.detected_through or 0) < at:
+            assert time.monotonic() < deadline, f"coverage stuck at {coverage.detected_through}, barrier {at}"
+            time.sleep(0.005)
+
+    reached(barrier())  # idle
+    repo = primary.create_library("lib", "alice@example.com")
+    for i in range(5):
+        head = primary.put_files(repo, {f"f{i}.txt": b"x" * i})
+        at = barrier()
+        reached(at)
+        r.wait_for(repo, head, timeout=0.01)  # already reported when the coverage passed the commit
+    r.detector.close_barrier()

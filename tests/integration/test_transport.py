@@ -23,6 +23,7 @@ from yarl import URL
 from seafbackup_agent.errors import InvalidIdError
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.service.heartbeat import Coverage, ProblemBoard
 from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.primary import Notifier
 from seafbackup_agent.sync.engine import SyncEngine
@@ -593,9 +594,10 @@ def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup
     check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
 
 
-def test_the_notifier_batches_what_piles_up_and_drops_what_the_backup_refuses():
+def test_the_notifier_batches_what_piles_up_and_keeps_what_the_backup_refuses():
     """Changes made while a notification is on its way go out together in the next request; a batch the
-    backup answers with 4xx is dropped (its poll catches up) instead of being retried forever."""
+    backup answers with 4xx is kept, reported and sent again (the heartbeats claim every change was delivered,
+    so nothing may be dropped), and the claim (`delivered_through`) does not pass it meanwhile."""
     answers = iter([202, 400])  # then 202
     bodies: list[list[dict]] = []
 
@@ -604,28 +606,41 @@ def test_the_notifier_batches_what_piles_up_and_drops_what_the_backup_refuses():
         status = next(answers, 202)
         if len(bodies) == 1:
             await asyncio.sleep(0.3)  # a slow backup: changes pile up meanwhile
-        return web.json_response({}, status=status)
+        return web.json_response({"error": "refused"} if status == 400 else {}, status=status)
 
     async def scenario():
         app = web.Application()
         app.router.add_post("/v1/notify", notify)
         server = await start_server(app)
         stop = asyncio.Event()
+        coverage, problems = Coverage(), ProblemBoard()
+        claims: list[float | None] = []
         try:
             async with NotifyClient(server.url, TOKEN, **FAST) as client:
-                notifier = Notifier(client.notify, AgentMetrics())
+                notifier = Notifier(client.notify, AgentMetrics(), coverage, problems, min_backoff=0.2)
+                coverage.covered(100.0)
                 runner = asyncio.create_task(notifier.run(stop))
                 repos = [str(uuid.uuid4()) for _ in range(6)]
                 notifier.changed(repos[0], "a" * 40)
                 await asyncio.sleep(0.1)
+                coverage.covered(200.0)  # detected through 200, but the change of 100 is still on its way
+                assert notifier.delivered_through() == 100.0
                 for repo in repos[1:4]:
                     notifier.changed(repo, "b" * 40)
                 notifier.changed(repos[0], None)  # moved again while the first request is on its way
                 notifier.changed("not-a-library", "c" * 40)  # ignored, never sent
-                while len(bodies) < 2 or notifier.pending:
-                    await asyncio.sleep(0.02)
-                notifier.changed(repos[5], "d" * 40)
+                while len(bodies) < 2:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)
+                claims.append(notifier.delivered_through())
+                assert problems.get("notifications") is not None
+                assert "refused" in problems.get("notifications").text
                 while len(bodies) < 3 or notifier.pending:
+                    await asyncio.sleep(0.02)
+                assert problems.get("notifications") is None
+                claims.append(notifier.delivered_through())
+                notifier.changed(repos[5], "d" * 40)
+                while len(bodies) < 4 or notifier.pending:
                     await asyncio.sleep(0.02)
                 stop.set()
                 await runner
@@ -634,6 +649,8 @@ def test_the_notifier_batches_what_piles_up_and_drops_what_the_backup_refuses():
         assert bodies[0] == [{"repo_id": repos[0], "head": "a" * 40}]
         assert sorted((c["repo_id"], c["head"]) for c in bodies[1]) == sorted(
             [(repos[0], None)] + [(r, "b" * 40) for r in repos[1:4]])
-        assert bodies[2] == [{"repo_id": repos[5], "head": "d" * 40}]  # the refused batch was not resent
+        assert bodies[2] == bodies[1]  # the refused batch was sent again
+        assert bodies[3] == [{"repo_id": repos[5], "head": "d" * 40}]
+        assert claims == [100.0, 200.0]
 
     asyncio.run(scenario())
