@@ -159,13 +159,14 @@ class Agents:
     def status(self) -> dict | None:
         result = subprocess.run([sys.executable, "-m", "seafbackup_agent.cli.main", "status", "--json", "--conf-dir",
                                  str(self.lab.backup.seafile_conf_dir)], capture_output=True, text=True)
-        return json.loads(result.stdout) if result.returncode == 0 else None
+        # 0 healthy, 5 stale pairing, 6 failed libraries: each prints the document.
+        return json.loads(result.stdout) if result.returncode in (0, 5, 6) else None
 
     def wait_synchronized(self, total: int, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             doc = self.status()
-            if doc and doc["total"] == total and doc["counts"]["synchronized"] == total:
+            if doc and doc["healthy"] and doc["total"] == total and doc["counts"]["synchronized"] == total:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"backup not synchronized ({total} libraries) after {timeout}s")

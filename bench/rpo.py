@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -24,6 +25,11 @@ class RpoRun:
     latencies: list[float] = field(default_factory=list)
     unresolved: int = 0
     commit_seconds: list[float] = field(default_factory=list)
+    bound_samples: int = 0
+    bound_below_measured: int = 0
+    """Samples whose reported RPO bound was lower than the RPO measured at that moment (must be 0)."""
+    bound_slack: list[float] = field(default_factory=list)
+    """Reported bound minus measured RPO, per sample (seconds)."""
 
 
 class _Tracker:
@@ -34,6 +40,9 @@ class _Tracker:
         self.pending: dict[str, list[tuple[int, float]]] = {}
         self.seq_of: dict[tuple[str, str], int] = {}
         self.latencies: list[float] = []
+        self.arrivals: list[tuple[float, float]] = []
+        """(committed, arrived no earlier than): the watcher's previous look, when the head was not there yet"""
+        self.last_look = 0.0
 
     def committed(self, repo: str, seq: int, head: str, t: float) -> None:
         with self.lock:
@@ -42,6 +51,7 @@ class _Tracker:
 
     def seen(self, rows: list[tuple[str, str]], now: float) -> None:
         with self.lock:
+            previous, self.last_look = self.last_look, now
             for repo, head in rows:
                 seq = self.seq_of.get((repo, head))
                 if seq is None or repo not in self.pending:
@@ -50,6 +60,7 @@ class _Tracker:
                 for s, t in self.pending[repo]:
                     if s <= seq:
                         self.latencies.append(now - t)
+                        self.arrivals.append((t, max(previous, t)))
                     else:
                         left.append((s, t))
                 if left:
@@ -60,6 +71,44 @@ class _Tracker:
     def waiting(self) -> list[str]:
         with self.lock:
             return list(self.pending)
+
+
+def measured_rpo_floor(arrivals: list[tuple[float, float]], pending: list[float], start: float,
+                       end: float) -> float:
+    """A lower bound of the true RPO at any instant of [start, end]: the age at `start` of the oldest commit made
+    by `start` that had certainly not arrived on the backup by `end` (0 if none)."""
+    ages = [start - t for t, arrived in arrivals if t <= start and arrived >= end]
+    ages += [start - t for t in pending if t <= start]
+    return max(ages, default=0.0)
+
+
+def _sample_bounds(socket_path: str, samples: list[tuple[float, float, float | None]], stop: threading.Event,
+                   interval: float = 0.1) -> None:
+    """(request start, request end, rpo_bound_seconds) from the backup agent's control socket, in monotonic time."""
+    import http.client
+    import socket as socketlib
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+            self.sock.connect(socket_path)
+
+    offset = time.time() - time.monotonic()
+    while not stop.is_set():
+        conn = UnixConnection("agent")
+        started = time.monotonic()
+        try:
+            conn.request("GET", "/freshness")
+            doc = json.loads(conn.getresponse().read())
+        except OSError:
+            doc = None
+        finally:
+            conn.close()
+        ended = time.monotonic()
+        if doc is not None and doc.get("current_as_of") is not None:
+            # The bound as of the request's start, from the agent's current_as_of (the same machine's clock).
+            samples.append((started, ended, started + offset - doc["current_as_of"]))
+        stop.wait(interval)
 
 
 def _watch(lab: Lab, tracker: _Tracker, stop: threading.Event, interval: float = 0.01) -> None:
@@ -100,14 +149,20 @@ class _Payload:
 
 
 def run_rpo(lab: Lab, repos: list[str], *, rate: float, duration: float, file_size: int, threads: int = 4,
-            drain_timeout: float = 120.0) -> RpoRun:
-    """Commit one file of `file_size` bytes at `rate` commits/s for `duration` s, spread over `repos`."""
+            drain_timeout: float = 120.0, control_socket: str | None = None) -> RpoRun:
+    """Commit one file of `file_size` bytes at `rate` commits/s for `duration` s, spread over `repos`;
+    with `control_socket`, also sample the backup's reported RPO bound against the measured RPO."""
     run = RpoRun(rate, duration, file_size)
     total = max(1, int(rate * duration))
     tracker = _Tracker()
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(lab, tracker, stop), daemon=True)
     watcher.start()
+    samples: list[tuple[float, float, float | None]] = []
+    sampler = None
+    if control_socket:
+        sampler = threading.Thread(target=_sample_bounds, args=(control_socket, samples, stop), daemon=True)
+        sampler.start()
     payload = _Payload(file_size)
     host = lab.primary
     shares = [repos[i::threads] for i in range(threads)]
@@ -151,8 +206,17 @@ def run_rpo(lab: Lab, repos: list[str], *, rate: float, duration: float, file_si
         time.sleep(0.05)
     stop.set()
     watcher.join()
+    if sampler is not None:
+        sampler.join()
     if errors:
         raise errors[0]
+    pending = [t for entries in tracker.pending.values() for _, t in entries]
+    for started, ended, bound in samples:
+        measured = measured_rpo_floor(tracker.arrivals, pending, started, ended)
+        run.bound_samples += 1
+        run.bound_slack.append(bound - measured)
+        if bound < measured:
+            run.bound_below_measured += 1
     run.commits = total
     run.achieved_rate = total / elapsed
     run.latencies = sorted(tracker.latencies)

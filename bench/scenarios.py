@@ -127,7 +127,8 @@ def rpo(lab: Lab, plan: Plan, work: Path, log) -> dict:
             cpu0 = {n: cpu_seconds(agents.pid(n)) for n in agents.procs}
             machine0, writer0 = machine_busy_seconds(), cpu_seconds(os.getpid())
             t0 = time.monotonic()
-            run = run_rpo(lab, repos, rate=rate, duration=seconds, file_size=size)
+            run = run_rpo(lab, repos, rate=rate, duration=seconds, file_size=size,
+                          control_socket=str(agents.work / "state/agent.sock"))
             wall = time.monotonic() - t0
             cpu = {n: round((cpu_seconds(agents.pid(n)) - cpu0[n]) / wall, 3) for n in agents.procs}
             cpu["writer"] = round((cpu_seconds(os.getpid()) - writer0) / wall, 3)
@@ -139,9 +140,12 @@ def rpo(lab: Lab, plan: Plan, work: Path, log) -> dict:
                 "p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
                 "max": max(lat) if lat else float("nan"), "latencies": lat,
                 "writer_commit_p50": percentile(run.commit_seconds, 50), "agent_cpu_share": cpu,
+                "bound_samples": run.bound_samples, "bound_below_measured": run.bound_below_measured,
+                "bound_slack_p50": percentile(run.bound_slack, 50), "bound_slack_p99": percentile(run.bound_slack, 99),
             })
             log(f"  p50 {points[-1]['p50']:.3f}s p99 {points[-1]['p99']:.3f}s max {points[-1]['max']:.3f}s "
-                f"achieved {run.achieved_rate:.1f}/s cpu {cpu}")
+                f"achieved {run.achieved_rate:.1f}/s cpu {cpu}; RPO bound: {run.bound_samples} samples, "
+                f"{run.bound_below_measured} below the measured RPO, slack p50 {points[-1]['bound_slack_p50']:.3f}s")
         rss = _agents_rss(agents)
     finally:
         agents.close()
@@ -310,6 +314,12 @@ def poll_and_primary_cost(lab: Lab, plan: Plan, work: Path, log, *, polls: int =
     return {"points": points, "primary_cost": cost}
 
 
+def _cpu_share(pid: int, seconds: float) -> float:
+    c0 = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - c0) / seconds
+
+
 def _db_window(lab: Lab, seconds: float, agent_pid: int | None) -> dict:
     db_pid = lab.primary.mariadb.pid()
     conn = lab.primary.mariadb.root_connection()
@@ -328,12 +338,21 @@ def _db_window(lab: Lab, seconds: float, agent_pid: int | None) -> dict:
 
 
 def _primary_cost(lab: Lab, plan: Plan, agents: Agents, repos: list[str], log) -> dict:
-    """Idle primary agent with all libraries vs no agent; then a few head moves per second."""
+    """Idle primary agent with all libraries (heartbeats running: the backup pulls one a second, the primary writes
+    the heartbeat row and reads the binlog's end every second) vs no agent; then a few head moves per second."""
+    agents.close()
+    agents = Agents(lab, agents.work.parent / f"{agents.work.name}-idle")  # the product's hourly poll
+    agents.start("primary")
+    agents.start("backup")
+    deadline = time.monotonic() + 300
+    while not agents.polls() and time.monotonic() < deadline:
+        time.sleep(0.2)
     idle = _db_window(lab, plan.idle_seconds, agents.pid("primary"))
-    agents.stop("primary")
+    idle["backup_agent_cpu_share"] = idle_backup = round(_cpu_share(agents.pid("backup"), plan.idle_seconds), 4)
+    agents.stop_all()
     time.sleep(0.5)
     without = _db_window(lab, plan.idle_seconds, None)
-    log(f"primary cost: idle agent {idle}, no agent {without}")
+    log(f"primary cost: idle agents with heartbeats {idle} (backup agent {idle_backup}), no agent {without}")
     agents.close()
     # The busy window with the product's poll interval (1 h): only the first poll, at start, overlaps it.
     agents = Agents(lab, agents.work.parent / f"{agents.work.name}-busy")

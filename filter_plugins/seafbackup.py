@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import datetime
 import importlib.util
 import sys
 from pathlib import Path
@@ -79,6 +80,21 @@ def seafbackup_library_line(lib):
     return f"{line}: {lib['reason']}" if lib.get("reason") else line
 
 
+def seafbackup_freshness_line(freshness):
+    """What the backup can prove, for people: current as of when, and the window nobody can know about."""
+    current = freshness.get("current_as_of")
+    if not current:
+        return ("Freshness: the backup has no evidence from the primary's agent; which head moves it lacks "
+                "cannot be known")
+    when = datetime.datetime.fromtimestamp(current).strftime("%Y-%m-%d %H:%M:%S")
+    line = (f"Freshness: the backup holds every library at least as new as the primary had it at {when} "
+            f"(RPO bound {freshness.get('rpo_bound_seconds', 0):.0f} s); head moves on the old primary after that "
+            "cannot be known")
+    if freshness.get("state") not in (None, "ok") and freshness.get("reason"):
+        line += f"; pairing {freshness['state']}: {freshness['reason']}"
+    return line
+
+
 def seafbackup_fence_line(fence):
     """How one old primary host was fenced, for people."""
     line = f"Fenced {fence['host']}: reachable {'yes' if fence['reachable'] else 'no'}, database {fence['database']}"
@@ -100,6 +116,7 @@ class FilterModule:
             "seafbackup_ini_value": seafbackup_ini_value,
             "seafbackup_libraries_behind": seafbackup_libraries_behind,
             "seafbackup_library_line": seafbackup_library_line,
+            "seafbackup_freshness_line": seafbackup_freshness_line,
             "seafbackup_fence_line": seafbackup_fence_line,
             "seafbackup_pair_line": seafbackup_pair_line,
         }

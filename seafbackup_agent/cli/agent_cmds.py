@@ -68,6 +68,10 @@ def _when(t: float | None) -> str:
     return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _noted(line: str, note: str | None) -> str:
+    return f"{line} ({note})" if note else line
+
+
 def _seconds(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.1f}s"
 
@@ -100,8 +104,7 @@ def format_status(doc: dict) -> str:
         f"Primary agent last seen: {_when(pairing.get('primary_last_seen'))}",
     ]
     db_lag = pairing.get("db_lag") or {}
-    lines.append(f"Database replication lag: {_seconds(db_lag.get('seconds'))}"
-                 + (f" ({db_lag['error']})" if db_lag.get("error") else ""))
+    lines.append(_noted(f"Database replication lag: {_seconds(db_lag.get('seconds'))}", db_lag.get("error")))
     if doc.get("last_poll_error"):
         lines.append(f"Last poll failed: {doc['last_poll_error']}")
     return "\n".join(lines)
@@ -121,8 +124,7 @@ def format_primary_status(doc: dict) -> str:
         f"Backup last pulled a heartbeat: {_when(doc['backup_last_pulled_heartbeat'])}",
     ]
     db = doc.get("database_heartbeat") or {}
-    lines.append(f"Database heartbeat row last written: {_when(db.get('last_written'))}"
-                 + (f" ({db['error']})" if db.get("error") else ""))
+    lines.append(_noted(f"Database heartbeat row last written: {_when(db.get('last_written'))}", db.get("error")))
     return "\n".join(lines)
 
 

@@ -82,7 +82,7 @@ async def _serve_control(app: web.Application, socket_path: Path) -> web.AppRunn
 async def run_primary(conf: SeafileConf, installation: SeafileInstallation, stop: asyncio.Event) -> None:
     assert conf.backup is not None
     settings = conf.backup
-    metrics = AgentMetrics()
+    metrics = AgentMetrics(backup=False)
     coverage = Coverage()
     problems = ProblemBoard()
     notify = NotifyClient.from_conf(conf, **_client_options(conf))
@@ -107,7 +107,7 @@ async def run_primary(conf: SeafileConf, installation: SeafileInstallation, stop
     control = await _serve_control(create_primary_control_app(pairing), socket_path)
     metrics_server = None
     if settings.metrics_listen:
-        metrics_server = await start_server(create_primary_metrics_app(metrics), *settings.metrics_listen)
+        metrics_server = await start_server(create_primary_metrics_app(pairing), *settings.metrics_listen)
     try:
         await asyncio.gather(detector.run(stop, notifier.changed), notifier.run(stop), pairing.run(stop))
     finally:

@@ -16,7 +16,6 @@ from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.service.backup import BackupService
 from seafbackup_agent.service.contact import PrimaryContact
 from seafbackup_agent.service.freshness import PairingState
-from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.pairing import PrimaryPairing
 from seafbackup_agent.service.state import LibraryState
 
@@ -61,6 +60,11 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response(doc, dumps=lambda d: json.dumps(d, default=str))
 
 
+async def _freshness(request: web.Request) -> web.Response:
+    """Only the pairing and its freshness: cheap enough to sample many times a second (no library scan)."""
+    return web.json_response(request.app[SERVICE].freshness.snapshot().as_dict())
+
+
 async def _sync(request: web.Request) -> web.Response:
     try:
         doc = await request.json()
@@ -91,6 +95,7 @@ def create_control_app(service: BackupService, contact: PrimaryContact | None = 
     if contact is not None:
         app[CONTACT] = contact
     app.router.add_get("/status", _status)
+    app.router.add_get("/freshness", _freshness)
     app.router.add_post("/sync", _sync)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
@@ -118,11 +123,13 @@ def create_primary_control_app(pairing: PrimaryPairing) -> web.Application:
     return app
 
 
-def create_primary_metrics_app(metrics: AgentMetrics) -> web.Application:
-    """`/metrics` of the primary agent (`[backup] metrics_listen`): notifications, change detection in use."""
+def create_primary_metrics_app(pairing: PrimaryPairing) -> web.Application:
+    """`/metrics` of the primary agent (`[backup] metrics_listen`): notifications, pairing, change detection."""
 
     async def _primary_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        pairing.update_gauges()
+        body = generate_latest(pairing.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", _primary_metrics)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from seafbackup_agent.sync.result import SyncResult
 
 
 class AgentMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, backup: bool = True) -> None:
+        """`backup`: also the backup's freshness gauges (absent on a primary, so that alerts on them never fire
+        there); they start at "stale" and NaN, never at a reassuring 0."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.libraries = Gauge("seafbackup_libraries", "Libraries by sync state", ["state"], registry=r)
@@ -33,6 +37,15 @@ class AgentMetrics:
             ["kind"], registry=r)
         self.poll_failures = Counter("seafbackup_poll_failures", "Full polls that failed (backup)", ["reason"],
                                      registry=r)
+        if backup:
+            self._freshness_gauges(r)
+        else:
+            self._primary_gauges(r)
+        self.change_detector = Gauge(
+            "seafbackup_change_detector", "Change detection running on the primary (1 for its kind: binlog or probe)",
+            ["kind"], registry=r)
+
+    def _freshness_gauges(self, r: CollectorRegistry) -> None:
         self.pairing_stale = Gauge(
             "seafbackup_pairing_stale", "1 while the backup has no fresh evidence from the primary (stale or starting)",
             registry=r)
@@ -47,9 +60,20 @@ class AgentMetrics:
             "seafbackup_db_lag_seconds",
             "Upper bound of the database replication lag (age of the newest replicated heartbeat row; NaN unknown)",
             registry=r)
-        self.change_detector = Gauge(
-            "seafbackup_change_detector", "Change detection running on the primary (1 for its kind: binlog or probe)",
-            ["kind"], registry=r)
+        self.pairing_stale.set(1)
+        for gauge in (self.rpo_bound_seconds, self.primary_last_seen_seconds, self.db_lag_seconds):
+            gauge.set(math.nan)
+
+    def _primary_gauges(self, r: CollectorRegistry) -> None:
+        self.primary_problem = Gauge(
+            "seafbackup_primary_problem", "1 while the primary's agent has a problem with the pairing (see status)",
+            registry=r)
+        self.pending_notifications = Gauge(
+            "seafbackup_pending_notifications", "Head moves detected and not yet accepted by the backup", registry=r)
+        self.delivery_lag_seconds = Gauge(
+            "seafbackup_delivery_lag_seconds",
+            "Seconds since the time before which every head move has been accepted by the backup (NaN: none yet)",
+            registry=r)
 
     def set_change_detector(self, kind: str) -> None:
         for known in ("binlog", "probe"):

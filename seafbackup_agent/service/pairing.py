@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Protocol
 
@@ -95,6 +96,13 @@ class PrimaryPairing:
             "database_heartbeat": None if self.db_heartbeat is None else {
                 "last_written": self.db_heartbeat.last_written, "error": self.db_heartbeat.error},
         }
+
+    def update_gauges(self) -> None:
+        """The primary's pairing gauges, computed when /metrics is scraped."""
+        delivered = self.notifier.delivered_through()
+        self.metrics.primary_problem.set(0 if self.problems.oldest() is None else 1)
+        self.metrics.pending_notifications.set(len(self.notifier.pending))
+        self.metrics.delivery_lag_seconds.set(math.nan if delivered is None else max(0.0, time.time() - delivered))
 
     # --- loops -------------------------------------------------------------------------------------------
 

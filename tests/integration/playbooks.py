@@ -62,6 +62,16 @@ def replica_status(lab: Lab) -> dict | None:
     return rows[0] if rows else None
 
 
+USER_TABLES = ("SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) AS t FROM information_schema.TABLES WHERE TABLE_SCHEMA "
+               "NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY t")
+
+
+def _markers(lab: Lab, host: str) -> list[dict]:
+    exists = query(lab, host, "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA='seafbackup' "
+                              "AND TABLE_NAME='marker'")
+    return query(lab, host, "SELECT id, written_at FROM seafbackup.marker ORDER BY id") if exists else []
+
+
 def snapshot(lab: Lab) -> dict:
     """What a failed or check-mode run must leave exactly as it was: files and server state."""
     state: dict = {}
@@ -74,7 +84,10 @@ def snapshot(lab: Lab) -> dict:
         state[name] = {
             "files": files,
             "pid": host.mariadb.pid(),
-            "server": query(lab, name, "SELECT @@server_id AS id, @@log_bin AS log_bin, @@gtid_binlog_pos AS pos"),
+            # Not the binlog position: the primary's agent writes its heartbeat row every second.
+            "server": query(lab, name, "SELECT @@server_id AS id, @@log_bin AS log_bin"),
+            "tables": query(lab, name, USER_TABLES),
+            "markers": _markers(lab, name),
             "users": query(lab, name, "SELECT User, Host FROM mysql.user ORDER BY User, Host"),
             "grants": query(lab, name, "SELECT * FROM mysql.global_priv ORDER BY User, Host"),
             "databases": query(lab, name, "SHOW DATABASES"),

@@ -6,7 +6,9 @@ the second run, bad input on the seeded pair, the lock-and-dump variant, then re
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 
@@ -142,7 +144,8 @@ def test_seafile_conf_gets_backup_sections_with_one_token_and_keeps_the_rest(see
     primary, backup = (_backup_section(_seafile_conf(seeded, h)) for h in ("primary", "backup"))
     assert re.fullmatch(r"[0-9a-f]{40}", primary["sync_token"]) and primary["sync_token"] == backup["sync_token"]
     assert primary == {"backup_url": f"http://{seeded.backup.address}:8091", "sync_token": primary["sync_token"],
-                       "listen": f"{seeded.primary.address}:8090"}
+                       "listen": f"{seeded.primary.address}:8090",
+                       "state_dir": str(seeded.primary.root / "var/lib/seafbackup")}
     assert backup == {"primary_url": f"http://{seeded.primary.address}:8090", "sync_token": primary["sync_token"],
                       "sync_poll_interval": "1", "listen": f"{seeded.backup.address}:8091",
                       "state_dir": str(seeded.backup.root / "var/lib/seafbackup"), "workers": "2"}
@@ -184,13 +187,18 @@ def test_the_agents_run_from_a_hardened_unit_that_systemd_accepts(seeded):
     assert status.startswith("Total number of libraries: ")
 
 
-def test_a_change_on_the_primary_reaches_the_backup_and_seafbackup_status_gates(seeded):
-    host = seeded.primary
+def _a_new_library_reaches_the_backup(lab, name: str) -> str:
+    host = lab.primary
     with SeafileServer(host.seafile_conf_dir, host.seafile_data_dir) as server:
-        repo = server.create_library("after setup", "alice@example.com")
-        head = server.put_files(repo, {"a.txt": b"written after setup_backup.yml"})
-    assert _wait_for(lambda: query(seeded, "backup", "SELECT commit_id FROM seafile_db.Branch WHERE repo_id=%s",
+        repo = server.create_library(name, "alice@example.com")
+        head = server.put_files(repo, {"a.txt": f"written: {name}".encode()})
+    assert _wait_for(lambda: query(lab, "backup", "SELECT commit_id FROM seafile_db.Branch WHERE repo_id=%s",
                                    (repo,)) == [{"commit_id": head}])
+    return repo
+
+
+def test_a_change_on_the_primary_reaches_the_backup_and_seafbackup_status_gates(seeded):
+    repo = _a_new_library_reaches_the_backup(seeded, "after setup")
     args = {"conf_dir": str(seeded.backup.seafile_conf_dir),
             "agent_cmd": str(seeded.backup.root / "opt/seafbackup/venv/bin/seaf-backup-cmd"),
             "login_unix_socket": str(seeded.backup.mariadb.paths.socket)}
@@ -206,6 +214,73 @@ def test_a_change_on_the_primary_reaches_the_backup_and_seafbackup_status_gates(
         assert rc != 0 and "replication is not running" in result["msg"]
     finally:
         query(seeded, "backup", "START SLAVE SQL_THREAD")
+
+
+def _status_args(lab, host="backup"):
+    return {"conf_dir": str(lab.hosts[host].seafile_conf_dir),
+            "agent_cmd": str(lab.hosts[host].root / "opt/seafbackup/venv/bin/seaf-backup-cmd")}
+
+
+def test_seafbackup_status_reports_freshness_and_a_stalled_replication_lag(seeded):
+    args = {**_status_args(seeded), "login_unix_socket": str(seeded.backup.mariadb.paths.socket)}
+    rc, result = run_module(_inventory(seeded), "backup", "seafbackup_status",
+                            {**args, "max_staleness_seconds": 10, "max_lag_seconds": 10})
+    assert rc == 0, result
+    fresh = result["freshness"]
+    assert fresh["state"] == "ok" and 0 <= fresh["rpo_bound_seconds"] < 10 and 0 <= fresh["db_lag_seconds"] < 10
+    rc, result = run_module(_inventory(seeded), "primary", "seafbackup_status",
+                            {**_status_args(seeded, "primary"), "replication": False})
+    assert rc == 0 and result["mode"] == "primary" and result["primary"]["healthy"], result
+    # A primary database that hangs (as behind a dead link): the replica's IO thread still says Yes and
+    # Seconds_Behind_Master 0, but the replicated heartbeat row stops: the lag shows, and so does the staleness.
+    mariadbd = seeded.primary.mariadb.pid()
+    os.kill(mariadbd, signal.SIGSTOP)
+    try:
+        time.sleep(8)
+        rc, result = run_module(_inventory(seeded), "backup", "seafbackup_status",
+                                {**args, "max_lag_seconds": 5, "fail_on_stale": False})
+    finally:
+        os.kill(mariadbd, signal.SIGCONT)
+    assert rc != 0 and "replication lags" in result["msg"], result
+    assert result["replication"]["io_running"] == "Yes" and result["replication"]["seconds_behind"] == 0
+    assert result["replication"]["heartbeat_lag_seconds"] > 5
+    assert _wait_for(lambda: run_module(_inventory(seeded), "backup", "seafbackup_status",
+                                        {**args, "max_lag_seconds": 5})[0] == 0, timeout=30)
+
+
+def test_a_limited_run_says_the_pair_goes_together(seeded):
+    """A token or URL given to one host alone (`--limit`) would break the pairing: the play refuses, plainly."""
+    run = run_playbook(_inventory(seeded), "--limit", "backup", "-e", f"seafbackup_seafile_conf_sync_token={'e' * 40}")
+    assert run.rc != 0
+    assert "configures the pair together" in " ".join(run.output.split()), run.output[-4000:]
+    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == STATE["token"]
+
+
+def test_a_wrong_backup_url_in_the_inventory_fails_the_play_within_a_minute_naming_it(seeded):
+    wrong = f"http://{seeded.backup.address}:8099"  # nothing listens there
+    run = run_playbook(_inventory(seeded), "-e", f"seafbackup_seafile_conf_backup_url={wrong}")
+    assert run.rc != 0
+    # The pairing check fails within its minute, not after seafbackup_agent_wait_timeout (30 minutes): the whole
+    # run takes less than a run that changes nothing plus that minute.
+    assert run.seconds < TIMINGS["second run"] + 60, (run.seconds, TIMINGS["second run"])
+    text = " ".join(run.output.split())
+    assert f"the backup at {wrong} is unreachable" in text, run.output[-4000:]
+    assert "Check the pairing from this side" in text
+
+
+def test_a_playbook_run_puts_a_hand_edited_token_right_and_the_agents_follow(seeded):
+    conf = seeded.backup.seafile_conf_dir / "seafile.conf"
+    conf.write_text(re.sub(r"^sync_token = .*$", "sync_token = " + "d" * 40, conf.read_text(), flags=re.M))
+    agents = {name: UnitService("seafbackup-agent", host.root) for name, host in seeded.hosts.items()}
+    pids = {name: unit.pid() for name, unit in agents.items()}
+    run = run_playbook(_inventory(seeded))
+    assert run.rc == 0, run.output[-4000:]
+    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == STATE["token"]
+    assert agents["backup"].pid() not in (None, pids["backup"])  # restarted with the token put right
+    _a_new_library_reaches_the_backup(seeded, "after the token was put right")
+    run = run_playbook(_inventory(seeded))
+    assert run.rc == 0 and run.changed("primary") == 0 and run.changed("backup") == 0, run.output[-6000:]
+    _assert_no_secrets(run, seeded)
 
 
 def _sabotage_other_primary(lab):
