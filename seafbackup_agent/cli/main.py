@@ -10,6 +10,7 @@ import sys
 from rich.console import Console
 
 from seafbackup_agent.cli import agent_cmds, local_sync
+from seafbackup_agent.cli.output import print_error
 from seafbackup_agent.errors import SeafBackupError
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except SeafBackupError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
