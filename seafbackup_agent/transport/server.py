@@ -31,11 +31,13 @@ closed at once, and idle or slow-header connections are closed after KEEPALIVE_T
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
 import logging
 import os
+import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
@@ -74,6 +76,11 @@ MAX_NOTIFY_BODY = 256 * 1024
 """Room for MAX_NOTIFY_BATCH changes."""
 BODY_READ_TIMEOUT = 30.0
 """A signed body must arrive within this many seconds (408 and the connection closed otherwise)."""
+READ_BUFFER = 16 * 1024
+RECEIVE_BUFFER = 64 * 1024
+"""Read buffer of the HTTP parser and receive buffer of each connection's socket (see start_server)."""
+MAX_CONNECTIONS = 64
+"""Connections read at once; more wait, paused (an agent uses up to 16, see client.py)."""
 KEEPALIVE_TIMEOUT = 30.0
 """An idle connection, or one that sends headers too slowly, is closed after this many seconds."""
 MAX_PACK_IDS = 10_000
@@ -512,13 +519,76 @@ def create_backup_app(token: str, on_notify: NotifyCallback, *, window: float = 
 # --- running --------------------------------------------------------------------------------------
 
 
+class _ConnectionGate:
+    """At most `limit` connections are read at once; the others wait, paused, with their bytes left in the
+    kernel. Bounds what the server holds for connections whose requests are not authenticated yet (each
+    reads ahead at most its socket's receive buffer and the parser's buffer), whatever their number."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active: set[asyncio.BaseTransport] = set()
+        self._waiting: collections.deque[asyncio.BaseTransport] = collections.deque()
+
+    def enter(self, transport: asyncio.BaseTransport) -> None:
+        if len(self._active) < self.limit:
+            self._active.add(transport)
+        else:
+            transport.pause_reading()  # type: ignore[attr-defined]
+            self._waiting.append(transport)
+
+    def leave(self, transport: asyncio.BaseTransport) -> None:
+        if transport in self._active:
+            self._active.discard(transport)
+        else:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(transport)
+        while self._waiting and len(self._active) < self.limit:
+            waiting = self._waiting.popleft()
+            if not waiting.is_closing():
+                self._active.add(waiting)
+                waiting.resume_reading()  # type: ignore[attr-defined]
+
+
+class _GatedProtocol(asyncio.Protocol):
+    """aiohttp's protocol for one connection, admitted through the gate."""
+
+    def __init__(self, gate: _ConnectionGate, inner: asyncio.Protocol) -> None:
+        self._gate = gate
+        self._inner = inner
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._inner.connection_made(transport)
+        self._gate.enter(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._gate.leave(self._transport)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
 @dataclass
 class RunningServer:
     runner: web.AppRunner
     url: str
     """Base URL with the bound port, e.g. http://127.0.0.1:41234"""
+    listener: asyncio.AbstractServer
 
     async def close(self) -> None:
+        self.listener.close()
         await self.runner.cleanup()
 
 
@@ -537,19 +607,41 @@ async def start_server(
     shutdown_timeout: float = 5.0,
 ) -> RunningServer:
     """Serve `app` (port 0 picks a free port); access logs go to `seafbackup_agent.transport.access`."""
-    # lingering_time 0: the unread rest of a refused request's body is not waited for.
+    # What a connection costs before its request is authenticated is what the server reads ahead of the
+    # handler: at most one receive (bounded by the socket's buffer) and the parser's read buffer. Both are
+    # small here (the API's requests are small, its large transfers go the other way), and at most
+    # MAX_CONNECTIONS connections are read at once. lingering_time 0: the unread rest of a refused
+    # request's body is not waited for.
     runner = web.AppRunner(
         app, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=shutdown_timeout,
-        keepalive_timeout=KEEPALIVE_TIMEOUT, lingering_time=0,
+        keepalive_timeout=KEEPALIVE_TIMEOUT, lingering_time=0, read_bufsize=READ_BUFFER,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    gate = _ConnectionGate(MAX_CONNECTIONS)
+    server = runner.server
+    assert server is not None
     try:
-        await site.start()
+        sock = _listening_socket(host, port)
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: _GatedProtocol(gate, server()), sock=sock, ssl=ssl_context, backlog=128)
     except BaseException:
         await runner.cleanup()
         raise
-    bound_host, bound_port = runner.addresses[0][:2]
+    bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     scheme = "https" if ssl_context else "http"
-    return RunningServer(runner, f"{scheme}://{shown}:{bound_port}")
+    return RunningServer(runner, f"{scheme}://{shown}:{bound_port}", listener)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)  # inherited by accepted sockets
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
