@@ -20,11 +20,13 @@ import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from seafbackup_agent.seafile.ids import EMPTY_ID
 from seafbackup_agent.seafile.objects import FormatError, SeafDir, parse_commit, parse_fs_object, verify_block
 from seafbackup_agent.seafile.storage import ObjectStore, ObjType
 
+T = TypeVar("T")
 FIRST_IDS = 10
 """How many ids of missing or corrupt objects a check keeps (the counts are always complete)."""
 
@@ -115,22 +117,27 @@ def check_closure(
             next_report = check.objects + progress_every
             progress(check)
 
+    def load(kind: str, obj_type: ObjType, where: str, obj_id: str, parse: Callable[[bytes], T]) -> T | None:
+        """The object parsed (and so verified), or None when it is missing or corrupt (counted)."""
+        raw = store.read(obj_type, where, obj_id)
+        if raw is None:
+            check._bad(kind, obj_id, "missing", missing=True)
+            return None
+        check.bytes_read += len(raw)
+        try:
+            return parse(raw)
+        except FormatError as exc:
+            check._bad(kind, obj_id, str(exc), missing=False)
+            return None
+
     def check_block(block_id: str) -> None:
         check.blocks += 1
         if sample < 1 and rng.random() >= sample:
             if not store.exists(ObjType.BLOCKS, store_id, block_id):
                 check._bad("block", block_id, "missing", missing=True)
             return
-        data = store.read(ObjType.BLOCKS, store_id, block_id)
-        if data is None:
-            check._bad("block", block_id, "missing", missing=True)
-            return
         check.blocks_read += 1
-        check.bytes_read += len(data)
-        try:
-            verify_block(block_id, data)
-        except FormatError as exc:
-            check._bad("block", block_id, str(exc), missing=False)
+        load("block", ObjType.BLOCKS, store_id, block_id, lambda data: verify_block(block_id, data))
 
     def check_tree(root_id: str, version: int) -> None:
         pending = [root_id]
@@ -141,19 +148,11 @@ def check_closure(
                 continue
             seen_fs.add(key)
             check.fs_objects += 1
-            raw = store.read(ObjType.FS, store_id, obj_id)
-            if raw is None:
-                check._bad("fs", obj_id, "missing", missing=True)
-                continue
-            check.bytes_read += len(raw)
-            try:
-                obj = parse_fs_object(obj_id, raw, version=version)
-            except FormatError as exc:
-                check._bad("fs", obj_id, str(exc), missing=False)
-                continue
+            obj = load("fs", ObjType.FS, store_id, obj_id,
+                       lambda raw, obj_id=obj_id: parse_fs_object(obj_id, raw, version=version))
             if isinstance(obj, SeafDir):
                 pending.extend(d.id for d in obj.dirents if d.is_dir or d.is_file)
-            else:
+            elif obj is not None:
                 for block_id in obj.block_ids:
                     block_key = bytes.fromhex(block_id)
                     if block_key not in seen_blocks:
@@ -168,15 +167,9 @@ def check_closure(
             continue
         seen_commits.add(commit_id)
         check.commits += 1
-        raw = store.read(ObjType.COMMITS, repo_id, commit_id)
-        if raw is None:
-            check._bad("commit", commit_id, "missing", missing=True)
-            continue
-        check.bytes_read += len(raw)
-        try:
-            commit = parse_commit(raw, expected_id=commit_id, expected_repo_id=repo_id)
-        except FormatError as exc:
-            check._bad("commit", commit_id, str(exc), missing=False)
+        commit = load("commit", ObjType.COMMITS, repo_id, commit_id,
+                      lambda raw, cid=commit_id: parse_commit(raw, expected_id=cid, expected_repo_id=repo_id))
+        if commit is None:
             continue
         if truncate_time is not None and commit.ctime < truncate_time:
             continue  # the history boundary: this commit is kept, what is older (and its tree) need not be
