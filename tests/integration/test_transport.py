@@ -661,3 +661,44 @@ def test_the_notifier_batches_what_piles_up_and_drops_what_the_backup_refuses():
         assert bodies[2] == [{"repo_id": repos[5], "head": "d" * 40}]  # the refused batch was not resent
 
     asyncio.run(scenario())
+
+
+def test_body_limits_per_route_and_a_stalled_signed_body_is_cut_off(monkeypatch):
+    """Each route takes at most its own body (none for GET); a signed body that stops arriving gets 408 and
+    its connection closed, after BODY_READ_TIMEOUT (shortened here)."""
+    from seafbackup_agent.transport import server as server_module
+
+    monkeypatch.setattr(server_module, "BODY_READ_TIMEOUT", 1.0)
+
+    async def on_notify(repo_id: str, head: str | None) -> None:
+        pass
+
+    async def scenario():
+        app = create_backup_app(TOKEN, on_notify)
+        server = await start_server(app)
+        await past_start(app)
+        try:
+            big = json.dumps([{"repo_id": str(uuid.uuid4()), "head": None}] * 8000).encode()
+            assert len(big) > MAX_NOTIFY_BODY
+            status, body, _ = await raw_request(server.url, "POST", "/v1/notify", body=big)
+            assert status == 413 and b"too large" in body
+            status, _, _ = await raw_request(server.url, "GET", "/v1/health", body=b"x" * 10, signed=False)
+            assert status == 413  # GET routes take no body, signed or not
+
+            url = URL(server.url)
+            small = json.dumps([{"repo_id": str(uuid.uuid4()), "head": None}]).encode()
+            signed = sign_headers(derive_key(TOKEN), "POST", "/v1/notify", small)
+            reader, writer = await asyncio.open_connection(url.host, url.port)
+            headers = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+            writer.write(f"POST /v1/notify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(small)}\r\n{headers}\r\n".encode() + small[:10])
+            await writer.drain()
+            started = time.monotonic()
+            answer = await asyncio.wait_for(reader.read(), timeout=10)  # until the server closes
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"not received in time" in answer
+            assert 0.9 < time.monotonic() - started < 5
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
