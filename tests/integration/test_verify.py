@@ -4,6 +4,9 @@ behind when the primary moved on, missing / corrupt with the objects' ids, sampl
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -74,6 +77,13 @@ def test_verify_finds_a_whole_backup_ok_and_names_what_is_behind_missing_or_corr
     plain = _cmd(lab, "verify", *_local(lab), work)  # not a terminal: plain lines, no progress bar
     assert plain.returncode == 0 and plain.stdout.startswith(f"{work} ok: head {primary.head(work)[:12]}, ")
     assert "\x1b[" not in plain.stdout
+    on_terminal = subprocess.run(  # `script` gives it a terminal: the progress bar, then the same line
+        ["script", "-qec", shlex.join([sys.executable, "-m", "seafbackup_agent.cli.main", "verify", *_local(lab),
+                                       "--conf-dir", str(lab.backup.seafile_conf_dir), "--data-dir",
+                                       str(lab.backup.seafile_data_dir), work]), "/dev/null"],
+        capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert on_terminal.returncode == 0 and "\x1b[" in on_terminal.stdout, on_terminal.stdout
+    assert f"{work} ok: head {primary.head(work)[:12]}, " in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", on_terminal.stdout)
 
     primary.commit(libs["limited"], [Put("l.txt", b"newer")])
     behind = _cmd(lab, "verify", *_local(lab))
