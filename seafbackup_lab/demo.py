@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from seafbackup_agent.cli.output import print_text
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_lab.lab import REPO_ROOT, Lab, default_lab_dir
 from seafbackup_lab.writer import Delete, Put, Rename, SeafileServer
@@ -53,7 +55,8 @@ def main() -> int:
                 commits += 1
                 cid = server.read_commit(repo_id, cid).parent_id
             store = server.store_id(repo_id)
-            table.add_row(head.repo_name, repo_id, str(commits), str(sum(1 for _ in server.walk_files(repo_id))),
+            files = sum(1 for _ in server.walk_files(repo_id))
+            table.add_row(escape(head.repo_name), repo_id, str(commits), str(files),
                           "own" if store == repo_id else f"origin {store[:8]}")
         console.print(table)
     where = Table(title="what is where")
@@ -63,7 +66,8 @@ def main() -> int:
     for name, h in lab.hosts.items():
         where.add_row(name, f"{h.address}:3306", f"{h.seafile_conf_dir}/seafile.conf\n{h.seafile_data_dir}")
     console.print(where)
-    console.print("[bold]3. setup_backup.yml: replication of the databases and the [backup] sections[/bold]")
+    heading = "3. setup_backup.yml: replication of the databases and the [backup] sections"
+    console.print(f"[bold]{escape(heading)}[/bold]")
     rc = run_setup_backup()
     if rc != 0:
         console.print(f"[red]setup_backup.yml failed (exit {rc})[/red]")
@@ -81,7 +85,7 @@ def show_a_change_arriving(console: Console, lab: Lab) -> None:
         repo = next(r for r in server.library_ids() if server.read_commit(r, server.head(r)).repo_name == "Notes")
         started = time.monotonic()
         head = server.commit(repo, [Put("todo/tomorrow.md", b"- fail over, calmly\n")])
-    console.print(f"primary: library Notes ({repo}) moved to commit {head[:12]}")
+    print_text(console, f"primary: library Notes ({repo}) moved to commit {head[:12]}")
     backup = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
     try:
         while backup.rows.head(repo) != head and time.monotonic() - started < 30:
@@ -94,8 +98,8 @@ def show_a_change_arriving(console: Console, lab: Lab) -> None:
     else:
         console.print("[red]backup: the change did not arrive within 30 s[/red]")
     wrapper = lab.backup.root / "usr/local/bin/seaf-backup-cmd.sh"
-    console.print(f"$ {wrapper.name} status   (on the backup)")
-    console.print(subprocess.run([str(wrapper), "status"], capture_output=True, text=True).stdout, highlight=False)
+    print_text(console, f"$ {wrapper.name} status   (on the backup)")
+    print_text(console, subprocess.run([str(wrapper), "status"], capture_output=True, text=True).stdout)
 
 
 def run_setup_backup() -> int:
@@ -119,10 +123,11 @@ def show_replication(console: Console, lab: Lab) -> None:
     table.add_column("value")
     for column in ("Master_Host", "Slave_IO_Running", "Slave_SQL_Running", "Seconds_Behind_Master", "Using_Gtid",
                    "Gtid_IO_Pos", "Last_SQL_Errno"):
-        table.add_row(column, str(row.get(column, "")))
-    table.add_row("Replicate_Ignore_Table", "\n".join(sorted(str(row.get("Replicate_Ignore_Table", "")).split(","))))
+        table.add_row(column, escape(str(row.get(column, ""))))
+    ignored = sorted(str(row.get("Replicate_Ignore_Table", "")).split(","))
+    table.add_row("Replicate_Ignore_Table", escape("\n".join(ignored)))
     console.print(table)
-    sections = Table(title="\\[backup] in seafile.conf (token masked)")
+    sections = Table(title=escape("[backup] in seafile.conf (token masked)"))
     for column in ("host", "option", "value"):
         sections.add_column(column)
     for name, host in lab.hosts.items():
@@ -130,7 +135,7 @@ def show_replication(console: Console, lab: Lab) -> None:
         parser.read(host.seafile_conf_dir / "seafile.conf")
         for option, value in parser.items("backup") if parser.has_section("backup") else []:
             shown = value[:4] + "…" + "*" * 8 if option == "sync_token" else value
-            sections.add_row(name, option, shown)
+            sections.add_row(name, option, escape(shown))
     console.print(sections)
 
 

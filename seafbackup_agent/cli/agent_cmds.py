@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from seafbackup_agent.cli.control_client import DEFAULT_CONF_DIR, call
+from seafbackup_agent.cli.output import print_error, print_text
 from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.errors import ConfigError, SeafBackupError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
@@ -170,12 +171,13 @@ def run_sync(args: argparse.Namespace, console: Console) -> int:
     if status == 400:
         raise SeafBackupError(doc.get("error", "bad request"))
     if not doc.get("ok"):
-        Console(stderr=True).print(f"[red]library {repo} failed to sync:[/red] {doc['error']}", highlight=False)
+        print_error(doc["error"], label=f"library {repo} failed to sync:")
         return 1
-    console.print(
+    print_text(
+        console,
         f"library {repo} {doc['outcome']}: head {doc['head']}, {doc['commits']} commits, {doc['fs_objects']} fs "
-        f"objects, {doc['blocks']} blocks, {doc['bytes']} bytes in {doc['seconds']}s", highlight=False)
+        f"objects, {doc['blocks']} blocks, {doc['bytes']} bytes in {doc['seconds']}s")
     for skipped in doc.get("skipped", []):
-        console.print(f"skipped {skipped['obj_type']} object {skipped['obj_id']} (commit {skipped['commit_id']}): "
-                      f"{skipped['reason']}", highlight=False)
+        print_text(console, f"skipped {skipped['obj_type']} object {skipped['obj_id']} (commit "
+                            f"{skipped['commit_id']}): {skipped['reason']}")
     return 0

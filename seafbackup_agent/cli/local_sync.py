@@ -10,6 +10,7 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
+from seafbackup_agent.cli.output import print_error, print_text
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
@@ -76,9 +77,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
                       str(len(o.skipped)), f"{o.duration:.2f}")
     console.print(table)
     for o in failed:
-        Console(stderr=True).print(f"[red]error:[/red] {o}")
+        print_error(o)
     for o in outcomes:
         if isinstance(o, SyncResult):
             for s in o.skipped:
-                console.print(f"skipped {s.obj_type} {s.obj_id} of commit {s.commit_id} in {o.repo_id}: {s.reason}")
+                print_text(console,
+                           f"skipped {s.obj_type} {s.obj_id} of commit {s.commit_id} in {o.repo_id}: {s.reason}")
     return 1 if failed else 0

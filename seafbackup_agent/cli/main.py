@@ -9,7 +9,8 @@ import sys
 
 from rich.console import Console
 
-from seafbackup_agent.cli import agent_cmds, local_sync
+from seafbackup_agent.cli import agent_cmds, local_sync, verify
+from seafbackup_agent.cli.output import print_error
 from seafbackup_agent.errors import SeafBackupError
 
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     agent_cmds.add_parsers(sub)
     local_sync.add_parser(sub)
+    verify.add_parser(sub)
     return parser
 
 
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except SeafBackupError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -1,5 +1,7 @@
 """Clients of the HTTP API: `HttpSource` (the backup reads the primary) and `NotifyClient` (the primary
-tells the backup a head moved). Every request is signed (signing.py); connection errors, timeouts and
+tells the backup a head moved). Every request is signed and every answer used is verified first: signed
+for exactly that request, and its body matching the signed digest (signing.py); only the objects of a pack
+or a block, which are checked against their ids, come without a digest. Connection errors, timeouts and
 5xx answers are retried with exponential backoff and jitter, 4xx answers are not."""
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from seafbackup_agent.transport.errors import (
     AuthenticationError,
     ProtocolError,
     RemoteError,
+    ResponseAuthenticationError,
     TLSError,
-    TransportError,
     UnreachableError,
 )
 from seafbackup_agent.transport.server import (
@@ -37,7 +39,7 @@ from seafbackup_agent.transport.server import (
     MAX_NOTIFY_BATCH,
     MAX_PACK_IDS,
 )
-from seafbackup_agent.transport.signing import RequestSigner
+from seafbackup_agent.transport.signing import RequestSigner, ResponseSignatureError
 
 log = logging.getLogger("seafbackup_agent.transport")
 
@@ -46,7 +48,6 @@ USER_AGENT = "seafbackup-agent"
 FS_BATCH = 1000
 HEAD_COMMITS_KEPT = 256
 """fs ids per request; `fs_objects()` splits longer lists and runs up to `parallel` requests at once."""
-_KEEP_OPEN = object()
 
 
 class _SignedClient:
@@ -151,17 +152,20 @@ class _SignedClient:
         self,
         method: str,
         path: str,
-        read: Callable[[aiohttp.ClientResponse], Awaitable[T]] | object,
+        read: Callable[[aiohttp.ClientResponse], Awaitable[T]],
         *,
         body: bytes = b"",
         content_type: str | None = None,
         ok: tuple[int, ...] = (200,),
         retries: int | None = None,
+        objects: bool = False,
+        covered: tuple[str, ...] = (),
     ) -> T:
         """Send a signed request (new nonce on every attempt) and `read` the answer; retry what may pass.
 
-        `read` gets responses whose status is in `ok`; `_KEEP_OPEN` returns the response unread (the
-        caller releases it), for streamed answers that cannot be retried halfway.
+        `read` gets responses whose status is in `ok`, verified first (`_verify`). `objects`: a 200 answer
+        holds objects the caller checks against their ids, and carries no digest. `covered`: response
+        header fields that must be signed (the caller acts on them).
         """
         url = self._url(path)
         path_qs = url.raw_path_qs
@@ -175,12 +179,10 @@ class _SignedClient:
                 await asyncio.sleep(min(delay, self.max_backoff) * (0.5 + random.random()))
                 delay *= 2
             signed = {**headers, **self._signer.headers(method, path_qs, body)}
-            keep = False
             try:
-                response = await session.request(
+                async with session.request(
                     method, url, data=body or None, headers=signed, allow_redirects=False
-                )
-                try:
+                ) as response:
                     if response.status >= 500 or response.status == 429:
                         reason = await self._reason(response)
                         failure = RemoteError(
@@ -199,13 +201,10 @@ class _SignedClient:
                             + (f": {reason}" if reason else ""),
                             status=response.status,
                         )
-                    if read is _KEEP_OPEN:
-                        keep = True
-                        return response  # type: ignore[return-value]
-                    return await read(response)  # type: ignore[operator]
-                finally:
-                    if not keep:
-                        response.release()
+                    content = await response.read()  # kept by aiohttp: `read` reads it again for free
+                    self._verify(method, path_qs, signed, response,
+                                 None if objects and response.status == 200 else content, covered)
+                    return await read(response)
             except aiohttp.ClientSSLError as exc:
                 raise TLSError(
                     f"HTTPS to the {self.peer} at {self.base_url} failed: {exc}",
@@ -221,6 +220,20 @@ class _SignedClient:
             f"{failure or 'no answer'}",
             hint=f"check that the seafbackup agent runs on the {self.peer} and listens at that URL",
         )
+
+    def _verify(self, method: str, path_qs: str, request_headers: dict[str, str],
+                response: aiohttp.ClientResponse, content: bytes | None, covered: tuple[str, ...]) -> None:
+        try:
+            self._signer.verify_response(method, path_qs, request_headers, response.status, response.headers,
+                                         content, require=covered)
+        except ResponseSignatureError as exc:
+            raise ResponseAuthenticationError(
+                f"the answer of the {self.peer} at {self.base_url} to {method} {path_qs} failed authentication "
+                f"({exc}): it was changed on the way, or does not come from an agent with our sync_token; "
+                "nothing of it was used",
+                hint="use HTTPS between the agents (ssl_cert/ssl_key, https:// URLs) if something on the network "
+                "rewrites traffic",
+            ) from None
 
 
 async def _read_json(response: aiohttp.ClientResponse) -> Any:
@@ -271,24 +284,22 @@ class HttpSource(_SignedClient):
             raise ProtocolError(f"{self.base_url} sent a heartbeat that is not JSON") from exc
 
     async def libraries(self) -> AsyncIterator[tuple[str, str]]:
-        """Every library as (repo_id, head), streamed; raises unless the list arrived complete."""
-        response: aiohttp.ClientResponse = await self._call("GET", "/v1/libraries", _KEEP_OPEN)
-        count = 0
-        pending = b""
-        try:
-            async for chunk in response.content.iter_any():
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    entry = _library_line(line, count)
-                    if entry is None:
-                        return
-                    count += 1
-                    yield entry
-            raise ProtocolError("library list ended early (connection closed before its end marker)")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(f"library list from {self.base_url} broke off after {count} entries: {exc}") from exc
-        finally:
-            response.release()
+        """Every library as (repo_id, head); raises unless the list arrived complete (and verified)."""
+
+        async def read(response: aiohttp.ClientResponse) -> bytes:
+            return await response.read()
+
+        lines = (await self._call("GET", "/v1/libraries", read)).split(b"\n")
+        if lines[-1] != b"":
+            raise ProtocolError("library list ended early (no end marker)")
+        for count, line in enumerate(lines[:-1]):
+            entry = _library_line(line, count)
+            if entry is None:
+                if count != len(lines) - 2:
+                    raise ProtocolError("library list: lines after its end marker")
+                return
+            yield entry
+        raise ProtocolError("library list ended early (no end marker)")
 
     async def library(self, repo_id: str) -> LibraryMeta | None:
         ids.repo_id(repo_id)
@@ -350,7 +361,8 @@ class HttpSource(_SignedClient):
             objects = parse_pack(await response.read(), None)
             return TreeDiff(objects, complete=response.headers.get(DIFF_COMPLETE_HEADER) == "1")
 
-        return await self._post_store(store_id, "fs-diff", body, read)
+        # The objects are checked by their ids, but "complete" lets the engine skip what is not listed.
+        return await self._post_store(store_id, "fs-diff", body, read, covered=(DIFF_COMPLETE_HEADER,))
 
     async def _pack(self, store_id: str, kind: str, batch: list[str]) -> dict[str, bytes]:
         body = json.dumps(batch, separators=(",", ":")).encode()
@@ -358,15 +370,16 @@ class HttpSource(_SignedClient):
         async def read(response: aiohttp.ClientResponse) -> dict[str, bytes]:
             return parse_pack(await response.read(), set(batch))
 
-        return await self._post_store(store_id, kind, body, read)
+        return await self._post_store(store_id, kind, body, read, objects=True)
 
     async def _post_store(
-        self, store_id: str, kind: str, body: bytes, read: Callable[[aiohttp.ClientResponse], Awaitable[T]]
+        self, store_id: str, kind: str, body: bytes, read: Callable[[aiohttp.ClientResponse], Awaitable[T]],
+        **options: Any,
     ) -> T:
         """A JSON POST to `/v1/stores/<store_id>/<kind>`, within the limit of requests in flight."""
         async with self._parallel:
             return await self._call(
-                "POST", f"/v1/stores/{store_id}/{kind}", read, body=body, content_type="application/json"
+                "POST", f"/v1/stores/{store_id}/{kind}", read, body=body, content_type="application/json", **options
             )
 
     async def block(self, store_id: str, block_id: str) -> bytes | None:
@@ -374,7 +387,7 @@ class HttpSource(_SignedClient):
         ids.object_id(block_id, "block id")
         async with self._parallel:
             return await self._call(
-                "GET", f"/v1/stores/{store_id}/blocks/{block_id}", self._optional, ok=(200, 404)
+                "GET", f"/v1/stores/{store_id}/blocks/{block_id}", self._optional, ok=(200, 404), objects=True
             )
 
 
@@ -390,9 +403,6 @@ def _library_line(line: bytes, count: int) -> tuple[str, str] | None:
         if line[4:] != str(count).encode():
             raise ProtocolError(f"library list: {count} entries but the primary sent {line[4:120]!r}")
         return None
-    if line.startswith(b"error "):
-        raise RemoteError(f"library list failed on the primary: {line[6:200].decode('ascii', 'replace')}",
-                          status=200)
     raise ProtocolError(f"library list: malformed line {line[:120]!r}")
 
 

@@ -15,6 +15,10 @@ class AuthenticationError(TransportError):
     """The other agent refused our signature (401): different sync_token, or clocks too far apart."""
 
 
+class ResponseAuthenticationError(TransportError):
+    """An answer failed its signature check: tampered with on the way, or not from an agent with our token."""
+
+
 class UnreachableError(TransportError):
     """No answer from the other agent (connection refused, timeouts), after the retries."""
 

@@ -1,6 +1,7 @@
 """The HTTP API: the primary serves its Seafile installation read-only; the backup takes notifications.
 
-Routes (all under /v1, all signed except health; see signing.py):
+Routes (all under /v1; requests signed except health, and every answer to a signed request signed and
+bound to it; see signing.py):
 
     GET  /v1/health                                  {"status": "ok", "role": ..., "authenticated": bool}
                                                      (open; when signed, the signature is checked too)
@@ -9,7 +10,6 @@ Routes (all under /v1, all signed except health; see signing.py):
                                                      than `age` s before `now` was delivered to the backup
                                                      (service/heartbeat.py)
     GET  /v1/libraries                               text lines "<repo_id> <head>", then "end <count>"
-                                                     (or "error <reason>" if the list broke off)
     GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON (+ "head_commit": its stored text when
                                                      readable); 404 when the library does not exist
     GET  /v1/libraries/<repo_id>/commits/<id>        the commit's stored bytes; 404 when missing
@@ -25,16 +25,23 @@ Routes (all under /v1, all signed except health; see signing.py):
 Pack frames (as Seafile's pack-fs): `[40-byte ASCII id][u32 big-endian length][stored bytes]` for each
 object found, missing ids simply absent, then one end frame: 40 ASCII zeros (EMPTY_ID, never stored) and
 the number of object frames sent, so a truncated response can never pass for "objects missing".
+
+Hostile clients cost little: a request's body is read only after the signature over its headers verified
+(so never for an unauthenticated one), each POST route has its own body limit (413 above it; every other
+route takes no body), a signed body must arrive within BODY_READ_TIMEOUT, a refused request's connection is
+closed at once, and idle or slow-header connections are closed after KEEPALIVE_TIMEOUT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
 import logging
 import os
+import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
@@ -53,10 +60,12 @@ from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.seafile.treediff import changed_fs_objects
 from seafbackup_agent.transport.signing import (
     DEFAULT_WINDOW,
+    DIFF_COMPLETE_HEADER,
     SIGNATURE_HEADER,
     ReplayCacheFull,
     RequestVerifier,
     SignatureError,
+    SignedBeforeStart,
 )
 
 log = logging.getLogger("seafbackup_agent.transport")
@@ -65,14 +74,24 @@ access_log = logging.getLogger("seafbackup_agent.transport.access")
 API = "/v1"
 HEALTH_PATH = f"{API}/health"
 MAX_REQUEST_BODY = 1 << 20
-"""Largest request body accepted (413 above): room for MAX_PACK_IDS ids in JSON."""
+"""Largest body of a pack request (413 above): room for MAX_PACK_IDS ids in JSON."""
+MAX_DIFF_BODY = 4096
+MAX_NOTIFY_BODY = 256 * 1024
+"""Room for MAX_NOTIFY_BATCH changes."""
+BODY_READ_TIMEOUT = 30.0
+"""A signed body must arrive within this many seconds (408 and the connection closed otherwise)."""
+READ_BUFFER = 16 * 1024
+RECEIVE_BUFFER = 64 * 1024
+"""Read buffer of the HTTP parser and receive buffer of each connection's socket (see start_server)."""
+MAX_CONNECTIONS = 64
+"""Connections read at once; more wait, paused (an agent uses up to 16, see client.py)."""
+KEEPALIVE_TIMEOUT = 30.0
+"""An idle connection, or one that sends headers too slowly, is closed after this many seconds."""
 MAX_PACK_IDS = 10_000
 """Most ids in one pack request (400 above); the client sends FS_BATCH (client.py) fs ids at a time."""
 FRAME = struct.Struct(">40sI")
 END_FRAME_ID = EMPTY_ID.encode("ascii")
 BLOCK_CHUNK = 1 << 20
-DIFF_COMPLETE_HEADER = "X-Seafbackup-Diff-Complete"
-"""On an fs-diff answer: "1" when it holds every object that differs (no limit hit, nothing unreadable)."""
 MAX_NOTIFY_BATCH = 1000
 """Most head moves in one notification (the primary sends what piled up while the last one was on its way)."""
 _PACK_READ_BYTES = 1 << 20
@@ -85,10 +104,12 @@ T = TypeVar("T")
 NotifyCallback = Callable[[str, str | None], Awaitable[None]]
 
 VERIFIER = web.AppKey("verifier", RequestVerifier)
+BODY_LIMITS = web.AppKey("body_limits", dict)
 INSTALLATION = web.AppKey("installation", SeafileInstallation)
 NOTIFY = web.AppKey("notify", Callable)  # type: ignore[arg-type]
-MAX_BODY = web.AppKey("max_body", int)
 HEARTBEAT = web.AppKey("heartbeat", Callable)  # type: ignore[arg-type]
+AUTHENTICATED = web.RequestKey("authenticated", bool)
+"""Set once the request's signature and body verified."""
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -178,25 +199,49 @@ ROWS = web.AppKey("rows", RowsPool)
 # --- middlewares and signals ----------------------------------------------------------------------
 
 
+def _body_limit(request: web.Request) -> int:
+    """The route's largest body: POST routes declare theirs (`add_post`), every other route takes none."""
+    resource = request.match_info.route.resource
+    return request.app[BODY_LIMITS].get(resource.canonical, 0) if resource is not None else 0
+
+
+def _refuse(status: int, reason: str) -> web.Response:
+    """An error that also closes the connection: nothing more of this request's body is read."""
+    response = _error(status, reason)
+    response.force_close()
+    return response
+
+
 @web.middleware
 async def _authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    # Cheap checks come first and nothing of the body is read before the signature over the headers
+    # (which covers the body's digest) verifies: an unauthenticated client costs a few header bytes.
+    limit = _body_limit(request)
+    if request.content_length is not None and request.content_length > limit:
+        return _refuse(413, "request body too large")
     if request.path == HEALTH_PATH and SIGNATURE_HEADER not in request.headers:
         return await handler(request)  # open for probes; a signed health check also proves the token
     verifier = request.app[VERIFIER]
     try:
-        verifier.check_headers(request.headers)
-        if request.content_length is not None and request.content_length > request.app[MAX_BODY]:
-            return _error(413, "request body too large")
-        body = await request.read()
-        verifier.verify(request.method, request.raw_path, request.headers, body)
+        verifier.verify_headers(request.method, request.raw_path, request.headers)
+        # Kept by aiohttp: the handler's own read() returns it.
+        body = await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT)
+        if len(body) > limit:  # a chunked body, which announced no length
+            return _refuse(413, "request body too large")
+        verifier.verify_body(request.headers, body)
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, "request body too large")
-    except ReplayCacheFull as exc:
+        return _refuse(413, "request body too large")
+    except TimeoutError:
+        log.warning("%s %s from %s: body not received within %.0fs", request.method, request.path, request.remote,
+                    BODY_READ_TIMEOUT)
+        return _refuse(408, "request body not received in time")
+    except (ReplayCacheFull, SignedBeforeStart) as exc:
         log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, exc.reason)
-        return _error(503, exc.reason)
+        return _refuse(503, exc.reason)
     except SignatureError as exc:
         log.warning("rejected %s %s from %s: %s", request.method, request.path, request.remote, exc.reason)
-        return _error(401, exc.reason)
+        return _refuse(401, exc.reason)
+    request[AUTHENTICATED] = True
     try:
         return await handler(request)
     except (pymysql.MySQLError, DatabaseError) as exc:
@@ -208,12 +253,31 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
     response.headers["Server"] = SERVER_HEADER
 
 
-def _base_app(token: str, *, window: float, max_body: int) -> web.Application:
+async def _sign_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to an authenticated request is signed, bound to that request (signing.py)."""
+    if not request.get(AUTHENTICATED):
+        return  # unauthenticated: an open health probe, or a refusal
+    body = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
+    request.app[VERIFIER].sign_response(request.method, request.raw_path, request.headers, response.status,
+                                        response.headers, body)
+
+
+def signed_app(token: str, *, window: float = DEFAULT_WINDOW, max_body: int = MAX_REQUEST_BODY) -> web.Application:
+    """An application whose routes take only signed requests (health excepted) and sign their answers;
+    `max_body`: the largest body of any of its routes."""
     app = web.Application(client_max_size=max_body, middlewares=[_authenticate])
     app[VERIFIER] = RequestVerifier(token, window=window)
-    app[MAX_BODY] = max_body
+    app[BODY_LIMITS] = {}
     app.on_response_prepare.append(_hide_server_version)
+    app.on_response_prepare.append(_sign_response)
     return app
+
+
+def add_post(app: web.Application, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+             max_body: int) -> None:
+    """A POST route taking bodies of up to `max_body` bytes (413 above)."""
+    app[BODY_LIMITS][path] = max_body
+    app.router.add_post(path, handler)
 
 
 # --- primary side -------------------------------------------------------------------------------------
@@ -253,35 +317,14 @@ async def _heartbeat(request: web.Request) -> web.Response:
     return web.json_response(request.app[HEARTBEAT]())
 
 
-async def _libraries(request: web.Request) -> web.StreamResponse:
-    pool = request.app[ROWS]
-    rows = await pool.acquire(check=True)
-    batches = rows.iter_head_lines(_HEADS_CHUNK)
-    broken = False
-    try:
-        chunk = await asyncio.to_thread(next, batches, [])  # before prepare: a DB error is a 503
-        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=ascii"})
-        await response.prepare(request)
-        count = 0
-        try:
-            while chunk:
-                await response.write(("\n".join(chunk) + "\n").encode("ascii"))
-                count += len(chunk)
-                chunk = await asyncio.to_thread(next, batches, [])
-        except pymysql.MySQLError as exc:
-            log.error("library list: database error after %d libraries: %s", count, exc)
-            broken = True
-            await response.write(b"error database error during the list\n")
-            return response
-        await response.write(f"end {count}\n".encode())
-        await response.write_eof()
-        return response
-    except pymysql.MySQLError:
-        broken = True
-        raise
-    finally:
-        batches.close()
-        pool.release(rows, broken=broken)
+async def _libraries(request: web.Request) -> web.Response:
+    # Built whole before it is sent: its signature covers its digest, so nothing of it is used unverified.
+    def heads(rows: LibraryRows) -> list[str]:
+        return [line for chunk in rows.iter_head_lines(_HEADS_CHUNK) for line in chunk]
+
+    lines = await request.app[ROWS].run(heads)
+    body = "".join(f"{line}\n" for line in lines) + f"end {len(lines)}\n"
+    return web.Response(body=body.encode("ascii"), content_type="text/plain", charset="ascii")
 
 
 async def _library(request: web.Request) -> web.Response:
@@ -436,7 +479,7 @@ def create_primary_app(
     It opens its own database connections (up to `db_connections`, closed on cleanup) and only reads
     `installation.store`; `installation.rows` is left to its owner.
     """
-    app = _base_app(token, window=window, max_body=max_body)
+    app = signed_app(token, window=window, max_body=max_body)
     app[INSTALLATION] = installation
     pool = RowsPool(installation, db_connections)
     app[ROWS] = pool
@@ -452,9 +495,9 @@ def create_primary_app(
     app.router.add_get(f"{API}/libraries", _libraries)
     app.router.add_get(f"{API}/libraries/{{repo_id}}", _library)
     app.router.add_get(f"{API}/libraries/{{repo_id}}/commits/{{commit_id}}", _commit)
-    app.router.add_post(f"{API}/stores/{{store_id}}/fs", _pack_handler(ObjType.FS))
-    app.router.add_post(f"{API}/stores/{{store_id}}/blocks", _pack_handler(ObjType.BLOCKS))
-    app.router.add_post(f"{API}/stores/{{store_id}}/fs-diff", _fs_diff)
+    add_post(app, f"{API}/stores/{{store_id}}/fs", _pack_handler(ObjType.FS), max_body)
+    add_post(app, f"{API}/stores/{{store_id}}/blocks", _pack_handler(ObjType.BLOCKS), max_body)
+    add_post(app, f"{API}/stores/{{store_id}}/fs-diff", _fs_diff, MAX_DIFF_BODY)
     app.router.add_get(f"{API}/stores/{{store_id}}/blocks/{{block_id}}", _block)
     return app
 
@@ -479,14 +522,75 @@ async def _notify(request: web.Request) -> web.Response:
 def create_backup_app(token: str, on_notify: NotifyCallback, *, window: float = DEFAULT_WINDOW) -> web.Application:
     """The backup's endpoint for the primary's notifications: `on_notify(repo_id, head)` for each one;
     head None means the library is gone on the primary."""
-    app = _base_app(token, window=window, max_body=256 * 1024)  # room for MAX_NOTIFY_BATCH changes
+    app = signed_app(token, window=window)
     app[NOTIFY] = on_notify
     app.router.add_get(HEALTH_PATH, _health("backup"))
-    app.router.add_post(f"{API}/notify", _notify)
+    add_post(app, f"{API}/notify", _notify, MAX_NOTIFY_BODY)
     return app
 
 
 # --- running --------------------------------------------------------------------------------------
+
+
+class _ConnectionGate:
+    """At most `limit` connections are read at once; the others wait, paused, with their bytes left in the
+    kernel. Bounds what the server holds for connections whose requests are not authenticated yet (each
+    reads ahead at most its socket's receive buffer and the parser's buffer), whatever their number."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active: set[asyncio.BaseTransport] = set()
+        self._waiting: collections.deque[asyncio.BaseTransport] = collections.deque()
+
+    def enter(self, transport: asyncio.BaseTransport) -> None:
+        if len(self._active) < self.limit:
+            self._active.add(transport)
+        else:
+            transport.pause_reading()  # type: ignore[attr-defined]
+            self._waiting.append(transport)
+
+    def leave(self, transport: asyncio.BaseTransport) -> None:
+        if transport in self._active:
+            self._active.discard(transport)
+        else:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(transport)
+        while self._waiting and len(self._active) < self.limit:
+            waiting = self._waiting.popleft()
+            if not waiting.is_closing():
+                self._active.add(waiting)
+                waiting.resume_reading()  # type: ignore[attr-defined]
+
+
+class _GatedProtocol(asyncio.Protocol):
+    """aiohttp's protocol for one connection, admitted through the gate."""
+
+    def __init__(self, gate: _ConnectionGate, inner: asyncio.Protocol) -> None:
+        self._gate = gate
+        self._inner = inner
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._inner.connection_made(transport)
+        self._gate.enter(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._gate.leave(self._transport)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
 
 @dataclass
@@ -494,8 +598,10 @@ class RunningServer:
     runner: web.AppRunner
     url: str
     """Base URL with the bound port, e.g. http://127.0.0.1:41234"""
+    listener: asyncio.AbstractServer
 
     async def close(self) -> None:
+        self.listener.close()
         await self.runner.cleanup()
 
 
@@ -514,17 +620,41 @@ async def start_server(
     shutdown_timeout: float = 5.0,
 ) -> RunningServer:
     """Serve `app` (port 0 picks a free port); access logs go to `seafbackup_agent.transport.access`."""
+    # What a connection costs before its request is authenticated is what the server reads ahead of the
+    # handler: at most one receive (bounded by the socket's buffer) and the parser's read buffer. Both are
+    # small here (the API's requests are small, its large transfers go the other way), and at most
+    # MAX_CONNECTIONS connections are read at once. lingering_time 0: the unread rest of a refused
+    # request's body is not waited for.
     runner = web.AppRunner(
-        app, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=shutdown_timeout
+        app, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=KEEPALIVE_TIMEOUT, lingering_time=0, read_bufsize=READ_BUFFER,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    gate = _ConnectionGate(MAX_CONNECTIONS)
+    server = runner.server
+    assert server is not None
     try:
-        await site.start()
+        sock = _listening_socket(host, port)
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: _GatedProtocol(gate, server()), sock=sock, ssl=ssl_context, backlog=128)
     except BaseException:
         await runner.cleanup()
         raise
-    bound_host, bound_port = runner.addresses[0][:2]
+    bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     scheme = "https" if ssl_context else "http"
-    return RunningServer(runner, f"{scheme}://{shown}:{bound_port}")
+    return RunningServer(runner, f"{scheme}://{shown}:{bound_port}", listener)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)  # inherited by accepted sockets
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,153 @@
+"""`seaf-backup-cmd verify` on a real backup (lab MariaDB + Seafile data copied by local-sync): ok when whole,
+behind when the primary moved on, missing / corrupt with the objects' ids, sampled, and over the signed API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.sync.verify import check_closure as verify_closure
+from seafbackup_lab.writer import Put, bulk_files
+from tests.conftest import root_sql
+from tests.integration.test_agent import agents  # noqa: F401 - a fixture
+from tests.integration.test_hostile_requests import _primary_url, _wait_ready
+from tests.seafile_checks import check_closure
+
+
+def _cmd(lab, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "seafbackup_agent.cli.main", *args, "--conf-dir", str(lab.backup.seafile_conf_dir),
+         "--data-dir", str(lab.backup.seafile_data_dir)],
+        capture_output=True, text=True, check=False)
+
+
+def _local(lab) -> list[str]:
+    return ["--source-conf-dir", str(lab.primary.seafile_conf_dir), "--source-data-dir",
+            str(lab.primary.seafile_data_dir)]
+
+
+def _synced(primary, lab) -> dict[str, str]:
+    work = primary.create_library("work", "alice@example.com")
+    primary.put_files(work, {"a.txt": b"a" * 5000, "docs/b.md": b"# B\n" * 300})
+    primary.commit(work, [Put("docs/c.bin", bytes(range(256)) * 300), *bulk_files(40, 2000, seed=3)])
+    vrepo = primary.create_virtual_repo(work, "docs", "docs", "bob@example.com")
+    limited = primary.create_library("limited", "alice@example.com")
+    primary.put_files(limited, {"l.txt": b"old"})
+    primary.set_history_limit(limited, 30)
+    primary.commit(limited, [Put("l.txt", b"new")])
+    done = _cmd(lab, "local-sync", *_local(lab))
+    assert done.returncode == 0, done.stderr
+    # What replication brings to a real backup and local-sync does not copy: the rows naming the
+    # virtual repo's origin (its objects live in the origin's store) and the history limit.
+    for table in ("VirtualRepo", "RepoHistoryLimit"):
+        for row in root_sql(lab.primary, f"SELECT * FROM seafile_db.{table}"):
+            values = ", ".join("NULL" if v is None else repr(v) for v in row)
+            root_sql(lab.backup, f"REPLACE INTO seafile_db.{table} VALUES ({values})", "COMMIT")
+    return {"work": work, "vrepo": vrepo, "limited": limited}
+
+
+def _object_path(lab, kind: str, store: str, obj_id: str) -> Path:
+    return Path(lab.backup.seafile_data_dir) / "storage" / kind / store / obj_id[:2] / obj_id[2:]
+
+
+def test_verify_finds_a_whole_backup_ok_and_names_what_is_behind_missing_or_corrupt(primary, lab,
+                                                                                     backup_db_privileges):
+    libs = _synced(primary, lab)
+    work = libs["work"]
+
+    done = _cmd(lab, "verify", "--json", *_local(lab))
+    assert done.returncode == 0, done.stdout + done.stderr
+    reports = {r["repo_id"]: r for r in json.loads(done.stdout)}
+    assert set(reports) == set(libs.values()) and {r["verdict"] for r in reports.values()} == {"ok"}
+    expected = check_closure(lab.backup.seafile_data_dir, work, work, primary.head(work))
+    closure = reports[work]["closure"]
+    assert (closure["commits"], closure["fs_objects"], closure["blocks"]) == (
+        len(expected.commits), len(expected.fs), len(expected.blocks))
+    assert closure["blocks_read"] == closure["blocks"] > 40
+
+    plain = _cmd(lab, "verify", *_local(lab), work)  # not a terminal: plain lines, no progress bar
+    assert plain.returncode == 0 and plain.stdout.startswith(f"{work} ok: head {primary.head(work)[:12]}, ")
+    assert "\x1b[" not in plain.stdout
+    on_terminal = subprocess.run(  # `script` gives it a terminal: the progress bar, then the same line
+        ["script", "-qec", shlex.join([sys.executable, "-m", "seafbackup_agent.cli.main", "verify", *_local(lab),
+                                       "--conf-dir", str(lab.backup.seafile_conf_dir), "--data-dir",
+                                       str(lab.backup.seafile_data_dir), work]), "/dev/null"],
+        capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert on_terminal.returncode == 0 and "\x1b[" in on_terminal.stdout, on_terminal.stdout
+    assert f"{work} ok: head {primary.head(work)[:12]}, " in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", on_terminal.stdout)
+
+    primary.commit(libs["limited"], [Put("l.txt", b"newer")])
+    behind = _cmd(lab, "verify", *_local(lab))
+    assert behind.returncode == 5
+    assert f"{libs['limited']} behind (primary at {primary.head(libs['limited'])[:12]})" in behind.stdout
+
+    block = sorted(expected.blocks)[0]
+    _object_path(lab, "blocks", work, block).unlink()
+    missing = _cmd(lab, "verify", *_local(lab), work)
+    assert missing.returncode == 6 and f"{work} missing 1:" in missing.stdout
+    assert f"  missing block {block}" in missing.stdout
+
+    fs_id = next(f for f in sorted(expected.fs) if f != json.loads(
+        primary.store.read(ObjType.COMMITS, work, primary.head(work)))["root_id"])
+    path = _object_path(lab, "fs", work, fs_id)
+    path.write_bytes(zlib.compress(zlib.decompress(path.read_bytes()).replace(b'"', b"'", 1)))
+    corrupt = _cmd(lab, "verify", "--json", *_local(lab), work)
+    assert corrupt.returncode == 7
+    [report] = json.loads(corrupt.stdout)
+    assert report["verdict"] == "corrupt" and report["closure"]["corrupt"] == 1
+    assert report["closure"]["first_corrupt"][0]["obj_id"] == fs_id
+
+    sampled = _cmd(lab, "verify", "--json", "--no-compare", "--sample", "0.2", work)
+    [report] = json.loads(sampled.stdout)
+    assert report["closure"]["blocks_read"] < report["closure"]["blocks"]
+    assert report["closure"]["missing"] == 1  # every block is still checked to be there
+
+    bad = _cmd(lab, "verify", "--sample", "0", work)
+    assert bad.returncode == 2 and "give a fraction in (0, 1]" in bad.stderr
+
+
+def test_verify_compares_heads_with_the_primary_over_the_signed_api(primary, lab, agents):  # noqa: F811
+    libs = _synced(primary, lab)
+    agents.start("primary")
+    _wait_ready(_primary_url(lab))
+    done = _cmd(lab, "verify", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {r["verdict"] for r in json.loads(done.stdout)} == {"ok"}
+    head = primary.commit(libs["work"], [Put("new.txt", b"new")])
+    behind = _cmd(lab, "verify", libs["work"])
+    assert behind.returncode == 5 and f"behind (primary at {head[:12]})" in behind.stdout
+    agents.stop("primary")
+    unreachable = _cmd(lab, "verify", libs["work"])
+    assert unreachable.returncode == 4 and "unreachable" in unreachable.stderr
+
+
+def test_the_cost_of_a_full_check_per_million_objects(primary, lab, backup_db_privileges):
+    """Not a speed assertion: measures what a full and a sampled check cost on a generated store."""
+    repo = primary.create_library("measured", "alice@example.com")
+    for seed in range(4):
+        primary.commit(repo, list(bulk_files(5000, 4096, seed=seed)))
+    store = SeafileInstallation.open(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir)
+    try:
+        results = {}
+        for sample in (1.0, 0.05):
+            started = time.perf_counter()
+            check = verify_closure(store.store, repo, repo, primary.head(repo), sample=sample)
+            results[sample] = (check, time.perf_counter() - started)
+    finally:
+        store.close()
+    full, _ = results[1.0]
+    assert full.missing == full.corrupt == 0 and full.objects > 40_000
+    for sample, (check, seconds) in results.items():
+        per_million = seconds / check.objects * 1e6
+        print(f"\nverify --sample {sample}: {check.objects} objects ({check.fs_objects} fs, {check.blocks} blocks, "
+              f"{check.bytes_read / 2**20:.0f} MiB read) in {seconds:.1f}s = {per_million / 60:.1f} min per "
+              f"million objects")
