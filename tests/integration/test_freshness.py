@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -56,6 +57,14 @@ def status_when(agents: Agents, predicate: Callable[[dict], bool], host: str = "
         return doc if predicate(doc) else None
 
     return probe
+
+
+def _accepts(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def heads_equal(lab, primary, repos) -> Callable[[], bool]:
@@ -162,6 +171,8 @@ def test_changes_made_during_an_outage_arrive_within_seconds_of_recovery(primary
                 proxy.restore()
         else:
             agents.start("primary")
+            # Recovered when the primary's agent answers again (its own start-up is not the backup's business).
+            wait_for("the primary's agent listening", lambda: _accepts(lab.primary.address, 8090), timeout=30)
         _, seconds = wait_for("changes of the outage on the backup", heads_equal(lab, primary, repos), timeout=15)
         assert seconds <= 5, f"{seconds:.1f}s after recovery"
         doc, _ = wait_for("healthy again", status_when(agents, lambda d: d["exit_code"] == 0), timeout=10)

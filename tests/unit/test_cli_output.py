@@ -23,7 +23,7 @@ def test_an_error_naming_the_backup_section_is_printed_whole(tmp_path):
     (tmp_path / "seafile.conf").write_text(DB)
     done = _cmd("status", "--conf-dir", str(tmp_path))
     assert done.returncode == 2
-    assert f"error: {tmp_path}/seafile.conf does not configure this host as a backup ([backup] primary_url)" in (
+    assert f"error: {tmp_path}/seafile.conf has no [backup] section (run setup_backup.yml to pair the hosts)" in (
         done.stderr
     ), done.stderr
 
