@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def default_lab_dir() -> Path:
     return Path(os.environ.get("SEAFBACKUP_LAB_DIR", REPO_ROOT / ".lab"))
+
+
+def new_lab_dir(parent: Path | str, prefix: str) -> Path:
+    """A fresh directory for a lab under `parent`, which the mysql user that MariaDB runs as must traverse."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o755)
+    return path
 
 
 @dataclass(frozen=True, slots=True)
