@@ -14,6 +14,7 @@ from pathlib import Path
 from seafbackup_agent.config import DatabaseSettings, load_seafile_conf
 from seafbackup_lab.mariadb import MariaDBPaths, MariaDBServer
 from seafbackup_lab.services import UnitService
+from seafbackup_lab.sshd import LabSSH
 
 DATABASES = ("ccnet_db", "seafile_db", "seahub_db")
 SEAFILE_DB_USER = "seafile"
@@ -115,10 +116,13 @@ class Lab:
         self.write_inventory(self.dir / "inventory.yml")
 
     def down(self) -> None:
+        """Stop all the lab started: agents, MariaDB servers and the sshd of `seafbackup-lab sshd up` (whose PID
+        files `reset` deletes: an sshd left running keeps its address and the next lab's sshd cannot start)."""
         for host in self.hosts.values():
             for service in host.unit_services:
                 service.stop()
             host.mariadb.stop()
+        LabSSH(self.dir, self.addresses).down()
 
     def reset(self) -> None:
         """Stop everything and delete the lab's state, then bring up a fresh lab."""

@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from seafbackup_lab.mariadb import START_TIMEOUT, _alive, wait_until_ready
+from seafbackup_lab.mariadb import START_TIMEOUT, LabError, _alive, wait_until_ready
 
 SSH_PORT = 2222
 
@@ -76,6 +76,10 @@ class LabSSH:
         for host in self.addresses:
             if self.pid(host):
                 continue
+            if self._listens(host):
+                # Else that process would answer the wait below for an sshd that could not bind.
+                raise LabError(f"{self.addresses[host]}:{self.port} is taken by a process that is not this lab's sshd "
+                               "(an sshd left running by an earlier lab?)")
             self._config(host).write_text(self.render_config(host))
             proc = subprocess.Popen(
                 ["/usr/sbin/sshd", "-D", "-f", str(self._config(host)), "-E", str(self.dir / f"sshd.{host}.log")],

@@ -123,10 +123,16 @@ def backup_db_privileges(lab):
 @pytest.fixture(scope="session")
 def playbook_lab() -> Iterator[Lab]:
     """A lab for setup_backup.yml runs (a fresh one; tests reset it when they need a fresh pair)."""
-    from seafbackup_lab.sshd import LabSSH
-
     with _running_lab("seafbackup-test-playbook-", PLAYBOOK_ADDRESSES) as lab:
-        try:
-            yield lab
-        finally:
-            LabSSH(lab.dir, lab.addresses).down()
+        yield lab
+
+
+@pytest.fixture
+def fresh_lab() -> Iterator[Lab]:
+    """A lab not up yet on the lifecycle addresses, stopped and removed afterwards."""
+    lab = Lab(make_lab_dir("seafbackup-test-fresh-"), LIFECYCLE_ADDRESSES)
+    try:
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(lab.dir, ignore_errors=True)

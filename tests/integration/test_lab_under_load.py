@@ -7,7 +7,7 @@ import pytest
 from seafbackup_lab.lab import Lab
 from seafbackup_lab.mariadb import LabError
 from seafbackup_lab.stress import busy_disk, start_labs_at_once
-from tests.conftest import LIFECYCLE_ADDRESSES, LOAD_ADDRESSES, TEST_TMP, make_lab_dir, root_sql
+from tests.conftest import LOAD_ADDRESSES, TEST_TMP, make_lab_dir, root_sql
 
 
 def test_a_server_starting_leaves_the_temporary_tables_of_other_servers_alone(lab):
@@ -43,14 +43,6 @@ def test_labs_started_at_once_beside_a_busy_disk_all_come_up():
         for lab in labs:
             lab.down()
             shutil.rmtree(lab.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def fresh_lab():
-    lab = Lab(make_lab_dir("seafbackup-test-failing-"), LIFECYCLE_ADDRESSES)
-    yield lab
-    lab.down()
-    shutil.rmtree(lab.dir, ignore_errors=True)
 
 
 def test_a_server_that_cannot_start_says_why_with_its_command_and_error_log(lab, fresh_lab):
