@@ -9,12 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-from seafbackup_lab.lab import DATABASES, Lab, LabHost, pair_agents, unpair_agents
+from seafbackup_lab.lab import DATABASES, Lab, LabHost, new_lab_dir, pair_agents, unpair_agents
 
 ADDR_PREFIX = os.environ.get("SEAFBACKUP_BENCH_ADDR_PREFIX", "127.0.3.1")
 WORKERS = 2
@@ -24,8 +23,7 @@ PROFILE_DIR: Path | None = None
 
 
 def make_lab(prefix: str = "seafbackup-bench-") -> Lab:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("SEAFBACKUP_BENCH_TMP", "/tmp")))
-    path.chmod(0o755)  # MariaDB runs as the mysql user and must reach its datadir.
+    path = new_lab_dir(os.environ.get("SEAFBACKUP_BENCH_TMP", "/tmp"), prefix)
     lab = Lab(path, {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"})
     lab.up()
     root_sql(lab.backup, "GRANT BINLOG ADMIN ON *.* TO 'seafile'@'%'")

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,7 @@ from seafbackup_agent.config import DatabaseSettings, load_seafile_conf
 from seafbackup_agent.service.heartbeat import DB_HEARTBEAT_SCHEMA
 from seafbackup_lab.mariadb import MariaDBPaths, MariaDBServer
 from seafbackup_lab.services import UnitService
+from seafbackup_lab.sshd import LabSSH
 
 DATABASES = ("ccnet_db", "seafile_db", "seahub_db")
 SEAFILE_DB_USER = "seafile"
@@ -28,6 +30,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def default_lab_dir() -> Path:
     return Path(os.environ.get("SEAFBACKUP_LAB_DIR", REPO_ROOT / ".lab"))
+
+
+def new_lab_dir(parent: Path | str, prefix: str) -> Path:
+    """A fresh directory for a lab under `parent`, which the mysql user that MariaDB runs as must traverse."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o755)
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +119,13 @@ class Lab:
         self.write_inventory(self.dir / "inventory.yml")
 
     def down(self) -> None:
+        """Stop all the lab started: agents, MariaDB servers and the sshd of `seafbackup-lab sshd up` (whose PID
+        files `reset` deletes: an sshd left running keeps its address and the next lab's sshd cannot start)."""
         for host in self.hosts.values():
             for service in host.unit_services:
                 service.stop()
             host.mariadb.stop()
+        LabSSH(self.dir, self.addresses).down()
 
     def reset(self) -> None:
         """Stop everything and delete the lab's state, then bring up a fresh lab."""

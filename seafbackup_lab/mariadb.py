@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,11 @@ import pymysql
 
 class LabError(RuntimeError):
     pass
+
+
+START_TIMEOUT = 300.0
+"""Only a backstop: a start waits while its process lives and fails as soon as it exits, so a machine busy
+with other work slows a start down instead of failing it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +56,24 @@ class MariaDBPaths:
         return self.run_dir / "mysqld.pid"
 
     @property
+    def tmp_dir(self) -> Path:
+        """The host's own /tmp for MariaDB's tmpdir. Every mariadbd deletes all `#sql*` files in its tmpdir when
+        it starts, also the temporary tables of other servers sharing that directory: with the default /tmp,
+        one lab server starting broke another's mariadb-install-db ("Could not remove temporary table")."""
+        return self.root / "tmp"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "var/log/mysql"
+
+    @property
+    def error_log(self) -> Path:
+        return self.log_dir / "error.log"
+
+    @property
+    def output_log(self) -> Path:
+        """mariadbd's stdout and stderr (what it says before it opens its error log)."""
+        return self.log_dir / "mariadbd.out"
 
 
 def _run_as_root() -> bool:
@@ -73,7 +96,8 @@ def render_my_cnf(paths: MariaDBPaths, address: str, port: int) -> str:
         f"pid-file = {paths.pid_file}\n"
         f"bind-address = {address}\n"
         f"port = {port}\n"
-        f"log-error = {paths.log_dir}/error.log\n"
+        f"tmpdir = {paths.tmp_dir}\n"
+        f"log-error = {paths.error_log}\n"
         "skip-name-resolve\n"
         "performance_schema = OFF\n"
         "innodb_buffer_pool_size = 32M\n"
@@ -96,16 +120,22 @@ class MariaDBServer:
 
     def initialize(self) -> None:
         """Write my.cnf and create an empty datadir (root authenticates over the socket)."""
-        for directory in (self.paths.conf_d, self.paths.run_dir, self.paths.log_dir, self.paths.datadir.parent):
+        for directory in (self.paths.conf_d, self.paths.run_dir, self.paths.log_dir, self.paths.tmp_dir,
+                          self.paths.datadir.parent):
             directory.mkdir(parents=True, exist_ok=True)
-        for directory in (self.paths.run_dir, self.paths.log_dir):
+        for directory in (self.paths.run_dir, self.paths.log_dir, self.paths.tmp_dir):
             _chown_mysql(directory)
         self.paths.my_cnf.write_text(render_my_cnf(self.paths, self.address, self.port))
-        if (self.paths.datadir / "mysql").is_dir():
+        if self.paths.datadir.is_dir():
             return
+        # Installed aside and renamed when complete: a failed or interrupted install leaves no datadir that a
+        # later `up` would take for a good one.
+        staging = self.paths.datadir.with_name(self.paths.datadir.name + ".installing")
+        shutil.rmtree(staging, ignore_errors=True)
         cmd = [
             "mariadb-install-db",
             f"--defaults-file={self.paths.my_cnf}",
+            f"--datadir={staging}",
             "--skip-test-db",
             "--auth-root-authentication-method=socket",
         ]
@@ -113,7 +143,16 @@ class MariaDBServer:
             cmd.append("--user=mysql")
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise LabError(f"mariadb-install-db failed for {self.paths.root}:\n{result.stdout}{result.stderr}")
+            # mariadb-install-db's own output is a generic hint; the reason is in the error log.
+            said = [line for line in result.stdout.splitlines() if "ERROR" in line or "FATAL" in line]
+            said += result.stderr.splitlines()
+            raise LabError(
+                f"mariadb-install-db failed for {self.paths.root} (exit status {result.returncode})\n"
+                f"  command: {shlex.join(cmd)}\n"
+                + (f"  it said:\n{_indent(said[-10:])}\n" if said else "")
+                + log_tails([self.paths.error_log])
+            )
+        staging.rename(self.paths.datadir)
 
     def pid(self) -> int | None:
         try:
@@ -125,29 +164,24 @@ class MariaDBServer:
     def is_running(self) -> bool:
         return self.pid() is not None
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         if self.is_running():
             return
-        log = open(self.paths.log_dir / "mariadbd.out", "ab")  # noqa: SIM115 - handed to the child
-        subprocess.Popen(
-            ["mariadbd", f"--defaults-file={self.paths.my_cnf}"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self.root_connection().close()
-                return
-            except pymysql.MySQLError:
-                time.sleep(0.05)
-        raise LabError(f"MariaDB at {self.address} did not start; see {self.paths.log_dir}/error.log")
+        cmd = ["mariadbd", f"--defaults-file={self.paths.my_cnf}"]
+        with open(self.paths.output_log, "ab") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True, close_fds=True)
+        wait_until_ready(proc, self._answers, what=f"MariaDB at {self.address}",
+                         logs=[self.paths.error_log, self.paths.output_log], timeout=timeout)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def _answers(self) -> bool:
+        try:
+            self.root_connection().close()
+        except pymysql.MySQLError:
+            return False
+        return True
+
+    def stop(self, timeout: float = START_TIMEOUT) -> None:
         pid = self.pid()
         if pid is None:
             return
@@ -157,7 +191,8 @@ class MariaDBServer:
             if not _alive(pid):
                 return
             time.sleep(0.02)
-        raise LabError(f"MariaDB (pid {pid}) at {self.address} did not stop within {timeout}s")
+        raise LabError(f"MariaDB (pid {pid}) at {self.address} did not stop within {timeout:.0f}s\n"
+                       + log_tails([self.paths.error_log]))
 
     def kill(self) -> None:
         """SIGKILL, as when a host dies."""
@@ -185,3 +220,37 @@ def _alive(pid: int) -> bool:
             os.waitpid(pid, os.WNOHANG)
         return False
     return True
+
+
+def wait_until_ready(proc: subprocess.Popen, ready: Callable[[], bool], *, what: str, logs: Iterable[Path],
+                     timeout: float = START_TIMEOUT) -> None:
+    """Wait for a process just started until `ready()`; as soon as it exits, or after `timeout`, raise a
+    LabError with the command and the last lines of its logs."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            problem = f"{what} exited with status {proc.returncode} before it was ready"
+        elif time.monotonic() > deadline:
+            problem = f"{what} was not ready within {timeout:.0f}s (pid {proc.pid} still running)"
+        else:
+            time.sleep(0.05)
+            continue
+        raise LabError(f"{problem}\n  command: {shlex.join(str(arg) for arg in proc.args)}\n{log_tails(logs)}")
+
+
+def log_tails(paths: Iterable[Path], lines: int = 20) -> str:
+    """The last lines of each log that has any, to put the reason for a failure into the error itself (the
+    tests delete a lab's directory, logs included, when it failed to come up)."""
+    parts = []
+    for path in paths:
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except FileNotFoundError:
+            continue
+        if tail:
+            parts.append(f"  last lines of {path}:\n{_indent(tail)}")
+    return "\n".join(parts) or "  (no log lines)"
+
+
+def _indent(lines: list[str]) -> str:
+    return "\n".join(f"    {line}" for line in lines)

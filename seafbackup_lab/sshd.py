@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from seafbackup_lab.mariadb import LabError, _alive
+from seafbackup_lab.mariadb import START_TIMEOUT, LabError, _alive, wait_until_ready
 
 SSH_PORT = 2222
 
@@ -70,32 +70,31 @@ class LabSSH:
             "LogLevel ERROR\n"
         )
 
-    def up(self, timeout: float = 10.0) -> None:
+    def up(self, timeout: float = START_TIMEOUT) -> None:
         self._keys()
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
         for host in self.addresses:
             if self.pid(host):
                 continue
+            if self._listens(host):
+                # Else that process would answer the wait below for an sshd that could not bind.
+                raise LabError(f"{self.addresses[host]}:{self.port} is taken by a process that is not this lab's sshd "
+                               "(an sshd left running by an earlier lab?)")
             self._config(host).write_text(self.render_config(host))
             proc = subprocess.Popen(
                 ["/usr/sbin/sshd", "-D", "-f", str(self._config(host)), "-E", str(self.dir / f"sshd.{host}.log")],
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
             self._pid_file(host).write_text(f"{proc.pid}\n")
-            self._wait_listening(host, proc, timeout)
+            wait_until_ready(proc, lambda host=host: self._listens(host), what=f"sshd for {host}",
+                             logs=[self.dir / f"sshd.{host}.log"], timeout=timeout)
 
-    def _wait_listening(self, host: str, proc: subprocess.Popen, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log = (self.dir / f"sshd.{host}.log").read_text(errors="replace")
-                raise LabError(f"sshd for {host} exited with {proc.returncode}: {log}")
-            try:
-                with socket.create_connection((self.addresses[host], self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise LabError(f"sshd for {host} does not listen on {self.addresses[host]}:{self.port}")
+    def _listens(self, host: str) -> bool:
+        try:
+            with socket.create_connection((self.addresses[host], self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def down(self) -> None:
         for host in self.addresses:

@@ -5,40 +5,41 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from seafbackup_lab.lab import DATABASES, Lab
+from seafbackup_lab.lab import DATABASES, Lab, new_lab_dir
 from seafbackup_lab.writer import SeafileServer
 
 
-def _addr_prefix() -> str:
-    """`<a>.<b>.<c>.2`: the labs take <prefix>1..6. Override with SEAFBACKUP_TEST_ADDR_PREFIX (e.g.
-    "127.0.1.2") so two test runs can share a machine; each pytest-xdist worker N moves the third
-    number up by 100 + N so that parallel workers never share a server."""
-    prefix = os.environ.get("SEAFBACKUP_TEST_ADDR_PREFIX", "127.0.0.2")
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if worker.startswith("gw"):
-        a, b, c, d = prefix.split(".")
-        prefix = f"{a}.{b}.{int(c) + 100 + int(worker[2:])}.{d}"
-    return prefix
+def lab_addr_prefix(prefix: str, worker: str) -> str:
+    """`<a>.<b>.<c>.2`: the labs take <prefix>1..6, and <prefix>10..15 for the load test. The prefix comes from
+    SEAFBACKUP_TEST_ADDR_PREFIX (e.g. "127.0.1.2") so that two test runs can share a machine. pytest-xdist
+    worker N moves the second number up by 1 + N: the workers of one run never share a server, nor do those
+    of two runs whose prefixes differ in the third number (moving the third number, as before, put worker 1
+    of the default run on the addresses of worker 0 of a run with prefix 127.0.1.2)."""
+    if not worker.startswith("gw"):
+        return prefix
+    a, b, c, d = prefix.split(".")
+    return f"{a}.{int(b) + 1 + int(worker[2:])}.{c}.{d}"
 
 
-ADDR_PREFIX = _addr_prefix()
+ADDR_PREFIX = lab_addr_prefix(os.environ.get("SEAFBACKUP_TEST_ADDR_PREFIX", "127.0.0.2"),
+                              os.environ.get("PYTEST_XDIST_WORKER", ""))
 TEST_ADDRESSES = {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"}
 LIFECYCLE_ADDRESSES = {"primary": f"{ADDR_PREFIX}3", "backup": f"{ADDR_PREFIX}4"}
 # The playbook tests' own pair: replication and conf drop-ins must not leak into the other tests' lab.
 PLAYBOOK_ADDRESSES = {"primary": f"{ADDR_PREFIX}5", "backup": f"{ADDR_PREFIX}6"}
+TEST_TMP = Path(os.environ.get("SEAFBACKUP_TEST_TMP", "/tmp"))
+# Labs started all at once by the load test.
+LOAD_ADDRESSES = [{"primary": f"{ADDR_PREFIX}{10 + 2 * n}", "backup": f"{ADDR_PREFIX}{11 + 2 * n}"} for n in range(3)]
 
 
 def make_lab_dir(prefix: str) -> Path:
     # Not under pytest's 0700 tmp dirs: MariaDB runs as the mysql user and must reach its datadir.
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("SEAFBACKUP_TEST_TMP", "/tmp")))
-    path.chmod(0o755)
-    return path
+    return new_lab_dir(TEST_TMP, prefix)
 
 
 @contextlib.contextmanager
@@ -122,10 +123,16 @@ def backup_db_privileges(lab):
 @pytest.fixture(scope="session")
 def playbook_lab() -> Iterator[Lab]:
     """A lab for setup_backup.yml runs (a fresh one; tests reset it when they need a fresh pair)."""
-    from seafbackup_lab.sshd import LabSSH
-
     with _running_lab("seafbackup-test-playbook-", PLAYBOOK_ADDRESSES) as lab:
-        try:
-            yield lab
-        finally:
-            LabSSH(lab.dir, lab.addresses).down()
+        yield lab
+
+
+@pytest.fixture
+def fresh_lab() -> Iterator[Lab]:
+    """A lab not up yet on the lifecycle addresses, stopped and removed afterwards."""
+    lab = Lab(make_lab_dir("seafbackup-test-fresh-"), LIFECYCLE_ADDRESSES)
+    try:
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(lab.dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The lab: two real MariaDB servers, Seafile's databases, conf and data dirs, and its inventory."""
 
 import shutil
+import socket
 
 import pytest
 
@@ -9,6 +10,8 @@ from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.db import connect
 from seafbackup_lab.cli import main as lab_main
 from seafbackup_lab.lab import DEFAULT_ADDRESSES, REPO_ROOT, Lab, render_inventory
+from seafbackup_lab.mariadb import LabError
+from seafbackup_lab.sshd import SSH_PORT, LabSSH
 from tests.conftest import LIFECYCLE_ADDRESSES, make_lab_dir
 
 SEAFILE_TABLES = {
@@ -92,3 +95,25 @@ def test_committed_lab_inventory_is_what_the_lab_renders():
     committed = (REPO_ROOT / "inventory/lab/hosts.yml").read_text()
     default = Lab(REPO_ROOT / ".lab-never-created", DEFAULT_ADDRESSES)
     assert committed == render_inventory(default, lab_dir_expr="{{ (inventory_dir ~ '/../../.lab') | realpath }}")
+
+
+def test_reset_and_down_stop_the_labs_sshd_so_the_next_one_can_listen(fresh_lab):
+    fresh_lab.up()
+    LabSSH(fresh_lab.dir, fresh_lab.addresses).up()
+    fresh_lab.reset()  # deletes the lab's directory, sshd's PID files with it
+    LabSSH(fresh_lab.dir, fresh_lab.addresses).up()
+    fresh_lab.down()
+    for address in fresh_lab.addresses.values():
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, SSH_PORT), timeout=5).close()
+
+
+def test_an_sshd_address_taken_by_another_process_is_reported(fresh_lab):
+    other = LabSSH(make_lab_dir("seafbackup-test-other-ssh-"), fresh_lab.addresses)
+    other.up()
+    try:
+        with pytest.raises(LabError, match=rf"{fresh_lab.primary.address}:{SSH_PORT} is taken by a process"):
+            LabSSH(fresh_lab.dir, fresh_lab.addresses).up()
+    finally:
+        other.down()
+        shutil.rmtree(other.dir.parent, ignore_errors=True)
