@@ -74,7 +74,7 @@ class FilesystemStore:
         if durable and obj_type is ObjType.COMMITS:
             _fsync_directory(os.path.dirname(final))
 
-    def batch(self, *, max_objects: int = 8192, max_bytes: int = 256 << 20, flush_seconds: float = 2.0) -> WriteBatch:
+    def batch(self, *, max_objects: int = 8192, max_bytes: int = 256 << 20, flush_seconds: float = 0.5) -> WriteBatch:
         return WriteBatch(self, max_objects=max_objects, max_bytes=max_bytes, flush_seconds=flush_seconds)
 
     def staging(self, obj_type: ObjType, *, check: bool = False) -> StagingArea:

@@ -60,7 +60,7 @@ class EngineOptions:
     """Directories copied side by side (beyond these, subdirectories are copied in line)."""
     block_pack_bytes: int = 4 << 20
     block_pack_count: int = 1000
-    flush_seconds: float = 2.0
+    flush_seconds: float = 0.5
     """Copied objects are placed at least this often, so a crash mid-copy loses at most this much work."""
 
 
