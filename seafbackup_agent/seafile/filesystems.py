@@ -64,8 +64,7 @@ def storage_error(exc: OSError, path: str, action: str) -> StorageError:
         return StorageError(
             f"{where}; the filesystem {info.mount_point} ({info.fs_type} on {info.source}) has "
             f"{format_bytes(info.free)} free of {format_bytes(info.size)}",
-            hint=f"free space on {info.mount_point} or grow it; the copy resumes where it stopped at the next "
-            "attempt (or run `seaf-backup-cmd sync`)",
+            hint=f"free space on {info.mount_point} or grow it; the next sync resumes where this one stopped",
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StorageError(where, hint="the agent must be able to write seafile-data/storage (check its owner, "

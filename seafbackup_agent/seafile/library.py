@@ -124,7 +124,7 @@ def _write_failed(repo_id: str, what: str, exc: pymysql.MySQLError) -> DatabaseE
     message = f"library {repo_id}: {what} failed: {text}" + (f" (MySQL error {code})" if code else "")
     if gone:
         return DatabaseError(message, hint="the database server went away: check that it runs and accepts "
-                                           "connections, then sync again (the backup agent retries by itself)")
+                                           "connections; the backup agent retries the sync by itself")
     return DatabaseError(message)
 
 

@@ -113,6 +113,7 @@ class SyncEngine:
         return result
 
     async def _sync(self, repo_id: str, *, force: bool, deep: bool) -> SyncResult:
+        await asyncio.to_thread(self.target.reconnect_if_gone)
         rows = self.target.rows
         old_head = await asyncio.to_thread(rows.head, repo_id)
         meta = await self.source.library(repo_id)
