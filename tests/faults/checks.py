@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,13 +51,13 @@ class Leftovers:
 def leftovers(data_dir: Path) -> Leftovers:
     root = data_dir / "storage"
     staged = staging_files(root)
-    owners = {p.name: sum(1 for f in staged if f.parent == p) for p in (root / STAGING_DIR).glob("*") if p.is_dir()}
+    base = root / STAGING_DIR
+    owners = {p.name: sum(1 for f in staged if f.parent == p) for p in base.glob("*") if p.is_dir()}
     strays = []
-    for path in root.rglob("*"):
-        if STAGING_DIR in path.parts or not path.is_file():
-            continue
-        parts = path.relative_to(root).parts
-        if not (len(parts) == 4 and parts[0] in ("commits", "fs", "blocks") and len(parts[2]) == 2
-                and is_object_file_name(parts[3])):
-            strays.append(path)
+    for directory, subdirs, files in os.walk(root):
+        if STAGING_DIR in subdirs:
+            subdirs.remove(STAGING_DIR)
+        parts = Path(directory).relative_to(root).parts
+        in_place = len(parts) == 3 and parts[0] in ("commits", "fs", "blocks") and len(parts[2]) == 2
+        strays += [Path(directory, f) for f in files if not (in_place and is_object_file_name(f))]
     return Leftovers(staged, owners, strays)
