@@ -73,7 +73,7 @@ class BackupService:
         # A head already known is news only to a library still waiting for it: a synchronized library has
         # it, a running sync reads the primary's head after it started, and a failed one is retried on its
         # own schedule (re-notifications must not bypass the backoff and multiply attempts).
-        if status and status.primary_head == head and status.state is not LibraryState.WAITING:
+        if status and head is not None and status.primary_head == head and status.state is not LibraryState.WAITING:
             return
         self.enqueue(repo_id, head)
 
