@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.sync.engine import SyncEngine
+from seafbackup_agent.sync.source import LocalSource
 from seafbackup_lab.writer import Put
 from tests.conftest import root_sql
 from tests.faults.checks import assert_published_heads_restorable, published_heads
@@ -50,3 +54,23 @@ def test_database_stopped_mid_publish_is_reported_as_itself(primary, lab, agents
     assert "synchronized" in result.stdout
     assert published_heads(lab)[repo] == head == primary.head(repo)
     assert_published_heads_restorable(lab)
+
+
+def test_a_connection_closed_by_a_database_restart_is_replaced_before_the_next_sync(primary, lab,
+                                                                                     backup_db_privileges):
+    """A worker keeps its connection between syncs; a restart of the backup's database closes it."""
+    repo = primary.create_library("restarted", "alice@example.com")
+    primary.put_files(repo, {"a.txt": b"a"})
+    source = SeafileInstallation.open(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir)
+    target = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+    try:
+        engine = SyncEngine(LocalSource(source), target)
+        asyncio.run(engine.sync_library(repo))
+        lab.backup.mariadb.stop()
+        lab.backup.mariadb.start()
+        head = primary.commit(repo, [Put("b.txt", b"b")])
+        assert asyncio.run(engine.sync_library(repo)).new_head == head
+        assert published_heads(lab)[repo] == head
+    finally:
+        source.close()
+        target.close()
