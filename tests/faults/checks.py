@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,3 +62,14 @@ def leftovers(data_dir: Path) -> Leftovers:
         in_place = len(parts) == 3 and parts[0] in ("commits", "fs", "blocks") and len(parts[2]) == 2
         strays += [Path(directory, f) for f in files if not (in_place and is_object_file_name(f))]
     return Leftovers(staged, owners, strays)
+
+
+def wait_failed(agents, repo: str, timeout: float = 60) -> dict:
+    """The library's entry of `status --json` once it is failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lib = next((lib for lib in agents.status()["libraries"] if lib["repo_id"] == repo), None)
+        if lib and lib["state"] == "failed":
+            return lib
+        time.sleep(0.1)
+    raise AssertionError(f"{repo} did not fail: {agents.log('backup')[-2000:]}")

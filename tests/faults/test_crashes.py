@@ -86,6 +86,7 @@ def test_kill_9_at_random_points_of_first_syncs(primary, lab, agents):
             resumed += 1
         print(f"kill {point} at {time.monotonic() - started:.1f}s: {len(heads)}/{len(repos)} published, "
               f"{len(left.staged)} staged files ({left.staged_bytes} bytes)")
+    print(f"{mid_copy} kills during a copy, {resumed} with a first sync's progress kept")
     assert mid_copy >= KILL_POINTS - 5, f"only {mid_copy} kills came during a copy"
     assert resumed >= 3, "first syncs never kept their progress across a kill"
 

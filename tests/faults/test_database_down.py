@@ -11,8 +11,7 @@ from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_lab.writer import Put
 from tests.conftest import root_sql
-from tests.faults.checks import assert_published_heads_restorable, published_heads
-from tests.faults.test_disk_full import _wait_failed
+from tests.faults.checks import assert_published_heads_restorable, published_heads, wait_failed
 
 PUBLISH_WAITING = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
                    "WHERE INFO LIKE 'SELECT commit_id FROM Branch WHERE repo_id=%FOR UPDATE'")
@@ -40,7 +39,7 @@ def test_database_stopped_mid_publish_is_reported_as_itself(primary, lab, agents
     finally:
         holder.close()
     try:
-        reason = _wait_failed(agents, repo)["reason"]
+        reason = wait_failed(agents, repo)["reason"]
     finally:
         lab.backup.mariadb.start()
     print(f"\nreason: {reason}")

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
 from seafbackup_lab.writer import Put
-from tests.faults.checks import assert_published_heads_restorable, leftovers
+from tests.faults.checks import assert_published_heads_restorable, leftovers, wait_failed
 from tests.seafile_checks import head_files
 
 
@@ -26,16 +25,6 @@ def small_backup_disk(lab):
             subprocess.run(["umount", "-l", str(data)], check=True)
 
 
-def _wait_failed(agents, repo: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lib = next((lib for lib in agents.status()["libraries"] if lib["repo_id"] == repo), None)
-        if lib and lib["state"] == "failed":
-            return lib
-        time.sleep(0.1)
-    raise AssertionError(f"{repo} did not fail: {agents.log('backup')[-2000:]}")
-
-
 def test_full_disk_is_reported_with_its_filesystem_and_nothing_is_left_behind(primary, lab, small_backup_disk, agents):
     repo = primary.create_library("big", "alice@example.com")
     primary.commit(repo, [Put(f"d{i % 4}/f{i:03d}.bin", os.urandom(256 * 1024)) for i in range(160)])  # 40 MiB
@@ -44,7 +33,7 @@ def test_full_disk_is_reported_with_its_filesystem_and_nothing_is_left_behind(pr
     agents.start("primary")
     agents.start("backup")
 
-    reason = _wait_failed(agents, repo)["reason"]
+    reason = wait_failed(agents, repo)["reason"]
     print(f"\nreason: {reason}")
     assert reason.startswith(f"library {repo}: writing {small_backup_disk}/storage/")
     assert "No space left on device" in reason

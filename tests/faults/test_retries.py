@@ -8,8 +8,7 @@ import asyncio
 from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.transport.client import NotifyClient
 from seafbackup_lab.writer import Put
-from tests.faults.checks import published_heads
-from tests.faults.test_disk_full import _wait_failed
+from tests.faults.checks import published_heads, wait_failed
 
 
 def _library(agents, repo: str) -> dict:
@@ -36,7 +35,7 @@ def test_re_notifications_of_a_failing_head_do_not_add_attempts(primary, lab, ag
     block.write_bytes(b"corrupted on disk")
     agents.start("primary")
     agents.start("backup")
-    failed = _wait_failed(agents, bad)
+    failed = wait_failed(agents, bad)
     assert failed["attempts"] == 1
 
     _notify(lab, bad, primary.head(bad), times=5)  # the same head again and again
@@ -56,7 +55,7 @@ def test_forced_sync_across_a_rewound_history_is_recorded_as_forced(primary, lab
     agents.wait_synchronized(1)
     # seaf-fsck -r on the primary: a "Repaired by system" commit on top of an older one becomes the head.
     head = primary.commit(repo, [Put("a.txt", b"")], parent_id=first, description="Repaired by system.")
-    assert "does not descend" in _wait_failed(agents, repo)["reason"]
+    assert "does not descend" in wait_failed(agents, repo)["reason"]
 
     result = agents.cmd("sync", "--force", repo)
     assert "synchronized" in result.stdout
