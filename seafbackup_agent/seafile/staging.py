@@ -4,7 +4,10 @@
 beside it is flock'ed for the process's lifetime, so the kernel frees it when the process dies however
 it dies (kill -9 included). The first batch of a process removes the directories whose lock is free:
 after any number of crashes the store holds its objects plus the one batch the last run left.
-Nothing Seafile reads is under `.seafbackup-staging` (it lists `storage/<type>/<store>/` only).
+Seafile reads objects under `storage/<type>/<store>/` only, so `storage/.seafbackup-staging` is outside
+everything it reads. When a type's directory is on another filesystem (a mount point or a symlink), its
+staging directory has to be inside it, `storage/<type>/.seafbackup-staging`, beside the store directories
+(not a library id; how seaf-gc's store listing treats such a name has not been checked).
 """
 
 from __future__ import annotations
