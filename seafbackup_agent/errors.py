@@ -51,3 +51,7 @@ class DatabaseError(SeafBackupError):
     """The database cannot be reached or refused a statement."""
 
     exit_code = 3
+
+
+class StorageError(SeafBackupError):
+    """Writing to the object storage failed (full disk, I/O error, permissions)."""

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if isinstance(o, SyncError):
             table.add_row(o.repo_id, "[red]failed[/red]", "", "", "", "", "", "", "")
             continue
-        table.add_row(o.repo_id, o.outcome.value + (" (forced)" if o.forced and o.skipped else ""),
+        table.add_row(o.repo_id, o.outcome.value + (" (forced)" if o.forced else ""),
                       (o.new_head or "")[:12], str(o.commits), str(o.fs_objects), str(o.blocks), str(o.bytes),
                       str(len(o.skipped)), f"{o.duration:.2f}")
     console.print(table)

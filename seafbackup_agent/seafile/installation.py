@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import pymysql
 
 from seafbackup_agent.config import SeafileConf, load_seafile_conf
 from seafbackup_agent.errors import ConfigError
@@ -33,5 +36,17 @@ class SeafileInstallation:
         """A new database connection to the same installation (one per thread)."""
         return LibraryRows(connect(conf.database), keep_days=conf.history_keep_days)
 
+    def reconnect_if_gone(self) -> None:
+        """Replace a database connection the server has closed (it restarted, or wait_timeout passed), so
+        that a long-lived worker's next sync does not fail on it; DatabaseError if the server is down."""
+        try:
+            self.rows.conn.ping()
+            return
+        except pymysql.MySQLError:
+            with contextlib.suppress(pymysql.MySQLError):
+                self.rows.conn.close()
+        self.rows.conn = connect(self.conf.database)
+
     def close(self) -> None:
-        self.rows.conn.close()
+        with contextlib.suppress(pymysql.MySQLError):  # already closed by a lost connection
+            self.rows.conn.close()

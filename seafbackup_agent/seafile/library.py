@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pymysql
-from pymysql.constants import ER
+from pymysql.constants import CR, ER
 
 from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.db import error_code
@@ -111,12 +112,27 @@ DEADLOCK_RETRIES = 5
 
 
 def _write_failed(repo_id: str, what: str, exc: pymysql.MySQLError) -> DatabaseError:
-    if error_code(exc) == ER.SPECIFIC_ACCESS_DENIED_ERROR:
+    code = error_code(exc)
+    if code == ER.SPECIFIC_ACCESS_DENIED_ERROR:
         return DatabaseError(
             f"library {repo_id}: {what} failed: the database user may not write with sql_log_bin=0",
             hint="grant it BINLOG ADMIN on the backup (setup_backup.yml does)",
         )
-    return DatabaseError(f"library {repo_id}: {what} failed: {exc.args[-1]}")
+    gone = isinstance(exc, pymysql.err.InterfaceError) or (
+        code is not None and (code >= CR.CR_ERROR_FIRST or code == ER.SERVER_SHUTDOWN))
+    text = exc.args[-1] if exc.args and exc.args[-1] else "the connection to the database is closed"
+    message = f"library {repo_id}: {what} failed: {text}" + (f" (MySQL error {code})" if code else "")
+    if gone:
+        return DatabaseError(message, hint="the database server went away: check that it runs and accepts "
+                                           "connections; the backup agent retries the sync by itself")
+    return DatabaseError(message)
+
+
+def _rollback_quietly(conn: pymysql.connections.Connection) -> None:
+    """Roll back after a failed statement. On a connection the failure killed, rollback() raises an
+    error of its own (InterfaceError (0, '')) that would hide the first one: the first one is reported."""
+    with contextlib.suppress(pymysql.MySQLError):
+        conn.rollback()
 
 
 class PublishConflict(DatabaseError):
@@ -189,7 +205,7 @@ def publish_head(
             attempt()
             return
         except pymysql.MySQLError as exc:
-            conn.rollback()
+            _rollback_quietly(conn)
             if error_code(exc) == ER.LOCK_DEADLOCK and attempt_number + 1 < DEADLOCK_RETRIES:
                 time.sleep(random.uniform(0.005, 0.05) * (attempt_number + 1))
                 continue
@@ -206,5 +222,5 @@ def remove_library(conn: pymysql.connections.Connection, repo_id: str) -> None:
                 cur.execute(f"DELETE FROM `{table}` WHERE repo_id=%s", (repo_id,))
             conn.commit()
     except pymysql.MySQLError as exc:
-        conn.rollback()
+        _rollback_quietly(conn)
         raise _write_failed(repo_id, "removing its rows", exc) from exc

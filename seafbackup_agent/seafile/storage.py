@@ -7,13 +7,16 @@ import ctypes
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from seafbackup_agent.seafile.filesystems import storage_error
 from seafbackup_agent.seafile.ids import is_object_file_name
+from seafbackup_agent.seafile.staging import StagingArea, staging_area, staging_base
 
 
 class ObjType(StrEnum):
@@ -33,20 +36,21 @@ class ObjectStore(Protocol):
 
     def iter_ids(self, obj_type: ObjType, store_id: str) -> Iterator[str]: ...
 
-    def batch(self, *, max_objects: int = ..., max_bytes: int = ...) -> WriteBatch: ...
+    def batch(self, *, max_objects: int = ..., max_bytes: int = ..., flush_seconds: float = ...) -> WriteBatch: ...
 
 
 class FilesystemStore:
     """`<seafile-data>/storage/...` written the way Seafile writes it, atomically.
 
-    Each object is written to a hidden temporary name in its final directory and renamed into place
-    (`write`: one object, fsynced as Seafile does; `batch`: many, durable together). Only exact
-    38-hex file names count as objects, so an interrupted write leaves nothing visible.
+    `write` writes one object to a hidden temporary name in its final directory, fsyncs it and renames it
+    into place, as Seafile does; `batch` writes many through a staging directory, durable together.
+    Only exact 38-hex file names count as objects, so an interrupted write leaves nothing visible.
     """
 
     def __init__(self, seafile_data_dir: str | os.PathLike[str]) -> None:
         self.root = Path(seafile_data_dir) / "storage"
         self._root = str(self.root)
+        self._staging: dict[ObjType, StagingArea] = {}
 
     def path(self, obj_type: ObjType, store_id: str, obj_id: str) -> str:
         return f"{self._root}/{obj_type.value}/{store_id}/{obj_id[:2]}/{obj_id[2:]}"
@@ -70,8 +74,20 @@ class FilesystemStore:
         if durable and obj_type is ObjType.COMMITS:
             _fsync_directory(os.path.dirname(final))
 
-    def batch(self, *, max_objects: int = 8192, max_bytes: int = 256 << 20) -> WriteBatch:
-        return WriteBatch(self, max_objects=max_objects, max_bytes=max_bytes)
+    def batch(self, *, max_objects: int = 8192, max_bytes: int = 256 << 20, flush_seconds: float = 0.5) -> WriteBatch:
+        return WriteBatch(self, max_objects=max_objects, max_bytes=max_bytes, flush_seconds=flush_seconds)
+
+    def staging(self, obj_type: ObjType, *, check: bool = False) -> StagingArea:
+        """This process's staging directory for objects of `obj_type` (made, and dead ones swept, once;
+        `check`: made again if it has gone)."""
+        area = self._staging.get(obj_type)
+        if area is None or check:
+            base = staging_base(self.root, self.root / obj_type.value)
+            try:
+                area = self._staging[obj_type] = staging_area(base)
+            except OSError as exc:
+                raise storage_error(exc, str(base), "creating the staging directory in") from exc
+        return area
 
     def iter_ids(self, obj_type: ObjType, store_id: str) -> Iterator[str]:
         base = self.root / obj_type.value / store_id
@@ -92,55 +108,85 @@ class _Staged:
     final: str
 
 
+class BatchDiscarded(RuntimeError):
+    """A put reached a batch its failed sync has already discarded (a sibling task still in its thread)."""
+
+
 class WriteBatch:
     """The objects of one sync, made durable together instead of one fsync each.
 
-    `put` writes each object under a hidden temporary name next to its final one, without fsync.
-    `flush` makes every staged content durable with one `syncfs`, then renames the objects into place
-    in the order they were put. The engine puts children before parents (blocks, then files, then
-    each directory after its subtree, commits last), so whatever prefix of those renames survives a
-    crash, every visible object has all it references visible too: a rename reaches the disk only
-    after the contents it names (the syncfs before it) and not before the renames issued earlier
-    (the journal of ext4/XFS commits metadata in order; the previous per-object code relied on that
-    too). `seal` flushes and makes the renames themselves durable; call it before the database points
-    at the objects. A crash leaves at most one batch of temporary files, which nothing reads.
+    `put` writes each object under a temporary name in this process's staging directory (see
+    `staging.py`), without fsync. `flush` makes every staged content durable with one `syncfs`, then
+    renames the objects into place in the order they were put. The engine puts children before parents
+    (blocks, then files, then each directory after its subtree, commits last), so whatever prefix of
+    those renames survives a crash, every visible object has all it references visible too: a rename
+    reaches the disk only after the contents it names (the syncfs before it) and not before the renames
+    issued earlier (the journal of ext4/XFS commits metadata in order). `seal` flushes and makes the
+    renames themselves durable; call it before the database points at the objects.
+
+    A batch flushes when it holds `max_objects` or `max_bytes`, or when its oldest staged object is
+    `flush_seconds` old, so that a crash loses at most that much of a long copy. A crash leaves at most
+    one batch of temporary files, in a staging directory the next run removes.
     """
 
-    def __init__(self, store: FilesystemStore, *, max_objects: int, max_bytes: int) -> None:
+    def __init__(self, store: FilesystemStore, *, max_objects: int, max_bytes: int, flush_seconds: float) -> None:
         self.store = store
         self.max_objects = max_objects
         self.max_bytes = max_bytes
+        self.flush_seconds = flush_seconds
         self._staged: list[_Staged] = []
         self._keys: set[tuple[ObjType, str, str]] = set()
         self._bytes = 0
-        self._lock = threading.Lock()
+        self._oldest = 0.0
+        self._flush_cost = 0.0
+        self._cond = threading.Condition(threading.Lock())
+        self._putting = 0
+        self._discarded = False
 
     def has(self, obj_type: ObjType, store_id: str, obj_id: str) -> bool:
         """Staged and not yet in place (a later `exists` on the store sees it once it is)."""
         return (obj_type, store_id, obj_id) in self._keys
 
     def put(self, objects: Iterable[tuple[ObjType, str, str, bytes]]) -> None:
-        """Stage objects (blocking: run in a worker thread). Flushes when the batch is full."""
-        for obj_type, store_id, obj_id, data in objects:
-            key = (obj_type, store_id, obj_id)
-            if key in self._keys:
-                continue
-            final = self.store.path(obj_type, store_id, obj_id)
-            staged = _Staged(key, self._write_temporary(final, data), final)
-            with self._lock:
-                self._staged.append(staged)
-                self._keys.add(key)
-                self._bytes += len(data)
-                full = len(self._staged) >= self.max_objects or self._bytes >= self.max_bytes
-            if full:
-                self.flush()
+        """Stage objects (blocking: run in a worker thread). Flushes when the batch is full or old."""
+        with self._cond:
+            if self._discarded:
+                raise BatchDiscarded
+            self._putting += 1
+        try:
+            for obj_type, store_id, obj_id, data in objects:
+                key = (obj_type, store_id, obj_id)
+                if key in self._keys:
+                    continue
+                tmp = self._write_temporary(obj_type, obj_id, data)
+                final = self.store.path(obj_type, store_id, obj_id)
+                with self._cond:
+                    if self._discarded:
+                        _unlink_quietly(tmp)
+                        raise BatchDiscarded
+                    if not self._staged:
+                        self._oldest = time.monotonic()
+                    self._staged.append(_Staged(key, tmp, final))
+                    self._keys.add(key)
+                    self._bytes += len(data)
+                    # By age no more often than 4x the last flush took: on a slow disk, at most a fifth of
+                    # the time goes to flushes that the batch's size did not call for.
+                    due = (len(self._staged) >= self.max_objects or self._bytes >= self.max_bytes
+                           or time.monotonic() - self._oldest >= max(self.flush_seconds, 4 * self._flush_cost))
+                if due:
+                    self.flush()
+        finally:
+            with self._cond:
+                self._putting -= 1
+                self._cond.notify_all()
 
     def flush(self) -> None:
         """Contents durable, then every staged object renamed into place, in staging order."""
-        with self._lock:
-            if not self._staged:
+        with self._cond:
+            if not self._staged or self._discarded:
                 return
-            durable(self.store.root)
+            started = time.monotonic()
+            self._durable()
             placed = 0
             try:
                 for staged in self._staged:
@@ -150,29 +196,60 @@ class WriteBatch:
                 for staged in self._staged[:placed]:
                     self._keys.discard(staged.key)
                 del self._staged[:placed]
+                self._oldest = time.monotonic()
+                self._flush_cost = self._oldest - started
             self._bytes = 0
 
     def seal(self) -> None:
         """Everything put is in place and durable, names included."""
         self.flush()
-        durable(self.store.root)
+        self._durable()
 
     def discard(self) -> None:
-        """Remove the temporary files of objects not yet placed (after a failed sync)."""
-        with self._lock:
+        """Remove the temporary files of objects not yet placed (after a failed sync). Waits for puts still
+        running in other threads (a cancelled task does not stop its thread); later puts are refused."""
+        with self._cond:
+            self._discarded = True
+            self._cond.wait_for(lambda: self._putting == 0)
             for staged in self._staged:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(staged.tmp)
+                _unlink_quietly(staged.tmp)
             self._staged.clear()
             self._keys.clear()
             self._bytes = 0
 
-    # The two filesystem steps of a batch, separate so tests can interrupt either.
-    def _write_temporary(self, final: str, data: bytes) -> str:
-        return _write_temporary(final, data, fsync=False)
+    # The filesystem steps of a batch, separate so tests can interrupt each.
+    def _write_temporary(self, obj_type: ObjType, obj_id: str, data: bytes) -> str:
+        tmp = self.store.staging(obj_type).temporary_path(obj_id)
+        try:
+            try:
+                _write_file(tmp, data, fsync=False)
+            except FileNotFoundError:  # the staging directory was removed under us
+                tmp = self.store.staging(obj_type, check=True).temporary_path(obj_id)
+                _write_file(tmp, data, fsync=False)
+        except OSError as exc:
+            raise storage_error(exc, tmp, "writing") from exc
+        return tmp
 
     def _place(self, tmp: str, final: str) -> None:
-        os.rename(tmp, final)
+        try:
+            try:
+                os.rename(tmp, final)
+            except FileNotFoundError:  # the object's directory does not exist yet
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                os.rename(tmp, final)
+        except OSError as exc:
+            raise storage_error(exc, final, "placing") from exc
+
+    def _durable(self) -> None:
+        try:
+            durable(self.store.root)
+        except OSError as exc:
+            raise storage_error(exc, str(self.store.root), "making durable") from exc
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _write_temporary(final: str, data: bytes, *, fsync: bool) -> str:
@@ -180,10 +257,16 @@ def _write_temporary(final: str, data: bytes, *, fsync: bool) -> str:
     directory, name = final.rsplit("/", 1)
     tmp = f"{directory}/.{name}.{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        _write_file(tmp, data, fsync=fsync)
     except FileNotFoundError:
         os.makedirs(directory, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        _write_file(tmp, data, fsync=fsync)
+    return tmp
+
+
+def _write_file(path: str, data: bytes, *, fsync: bool) -> None:
+    """`data` in a new file at `path`; nothing is left there if that fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -193,10 +276,9 @@ def _write_temporary(final: str, data: bytes, *, fsync: bool) -> str:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)
+        os.unlink(path)
         raise
     os.close(fd)
-    return tmp
 
 
 def _fsync_directory(directory: str) -> None:

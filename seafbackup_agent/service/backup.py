@@ -83,7 +83,10 @@ class BackupService:
         """A notification from the primary's agent."""
         self.metrics.notifications.inc()
         status = self.state.get(repo_id)
-        if status and status.synced_head == head and status.state is LibraryState.SYNCHRONIZED:
+        # A head already known is news only to a library still waiting for it: a synchronized library has
+        # it, a running sync reads the primary's head after it started, and a failed one is retried on its
+        # own schedule (re-notifications must not bypass the backoff and multiply attempts).
+        if status and head is not None and status.primary_head == head and status.state is not LibraryState.WAITING:
             return
         self.enqueue(repo_id, head)
 
@@ -253,7 +256,7 @@ class BackupService:
             if target is not None:
                 target.close()
             return {"repo_id": repo_id, "ok": False, "error": str(exc), "target": None}
-        self.state.synchronized(repo_id, result.new_head, forced=bool(result.forced and result.skipped))
+        self.state.synchronized(repo_id, result.new_head, forced=result.forced)
         self.metrics.record(result)
         return {
             "repo_id": repo_id,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from seafbackup_agent.errors import StorageError
 from seafbackup_agent.seafile.ids import EMPTY_ID
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library import GCConflict, HeadMovedConflict, LibraryMeta, publish_head, remove_library
@@ -59,6 +60,8 @@ class EngineOptions:
     """Directories copied side by side (beyond these, subdirectories are copied in line)."""
     block_pack_bytes: int = 4 << 20
     block_pack_count: int = 1000
+    flush_seconds: float = 0.5
+    """Copied objects are placed at least this often, so a crash mid-copy loses at most this much work."""
 
 
 @dataclass(slots=True)
@@ -99,16 +102,18 @@ class SyncEngine:
     async def sync_library(self, repo_id: str, *, force: bool = False) -> SyncResult:
         started = time.monotonic()
         try:
-            result = await self._sync(repo_id, force=force, deep=False)
-        except HeadMovedConflict as exc:
+            try:
+                result = await self._sync(repo_id, force=force, deep=False)
+            except GCConflict as exc:
+                log.warning("library %s: %s; redoing with a full check", repo_id, exc.message)
+                result = await self._sync(repo_id, force=force, deep=True)
+        except (HeadMovedConflict, StorageError) as exc:
             raise SyncError(repo_id, exc.message, hint=exc.hint) from exc
-        except GCConflict as exc:
-            log.warning("library %s: %s; redoing with a full check", repo_id, exc.message)
-            result = await self._sync(repo_id, force=force, deep=True)
         result.duration = time.monotonic() - started
         return result
 
     async def _sync(self, repo_id: str, *, force: bool, deep: bool) -> SyncResult:
+        await asyncio.to_thread(self.target.reconnect_if_gone)
         rows = self.target.rows
         old_head = await asyncio.to_thread(rows.head, repo_id)
         meta = await self.source.library(repo_id)
@@ -122,8 +127,8 @@ class SyncEngine:
             return SyncResult(repo_id, Outcome.UNCHANGED, old_head, old_head)
 
         gc_id = await asyncio.to_thread(rows.gc_id, meta.store_id)
-        run = _Run(meta, force, deep, SyncResult(repo_id, Outcome.SYNCHRONIZED, old_head, meta.head, forced=force),
-                   self.target.store.batch())
+        run = _Run(meta, force, deep, SyncResult(repo_id, Outcome.SYNCHRONIZED, old_head, meta.head),
+                   self.target.store.batch(flush_seconds=self.options.flush_seconds))
         try:
             stops = await self._find_new_commits(run)
             if old_head is not None and old_head not in stops and not deep:
@@ -224,6 +229,7 @@ class SyncEngine:
                 repo_id, message, hint="check the library on the primary, then `seaf-backup-cmd sync --force`"
             )
         log.warning("library %s: %s; forced", repo_id, message)
+        run.result.forced = True
 
     # --- trees -----------------------------------------------------------------------------------
 
@@ -407,6 +413,7 @@ class SyncEngine:
                 commit_id=commit_id,
             )
         log.warning("library %s: skipping %s object %s of commit %s: %s", repo_id, obj_type, obj_id, commit_id, reason)
+        run.result.forced = True
         run.result.skipped.append(SkippedObject(obj_type, obj_id, commit_id, reason))
 
 

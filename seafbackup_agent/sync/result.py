@@ -36,6 +36,7 @@ class SyncResult:
     bytes: int = 0
     skipped: list[SkippedObject] = field(default_factory=list)
     forced: bool = False
+    """`--force` relaxed the invariant: objects were skipped, or the head moved to a non-descendant."""
     duration: float = 0.0
 
     @property

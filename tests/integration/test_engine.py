@@ -23,6 +23,7 @@ from seafbackup_agent.cli.main import main as cmd_main
 from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library import publish_head
+from seafbackup_agent.seafile.staging import STAGING_DIR, staging_files
 from seafbackup_agent.seafile.storage import ObjType, WriteBatch
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.result import NotDescendantError, Outcome, SourceObjectError, SyncError
@@ -80,8 +81,11 @@ def _rows(inst, sql, args=()):
 
 
 def _storage_files(data_dir: Path) -> dict[str, bytes]:
+    """Every file of the store, without the staging area (which must hold no temporary file)."""
     root = data_dir / "storage"
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert staging_files(root) == []
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and STAGING_DIR not in p.parts}
 
 
 def _rich_library(primary):
