@@ -66,7 +66,8 @@ class PrimaryContact:
             tracker.contact_failed(str(exc), failure_kind(exc))
             self.metrics.heartbeat_failures.labels(kind=failure_kind(exc)).inc()
             return
-        regained = tracker.contact is not None and not tracker.contact.ok
+        # Regained: it answered before, then not (a failure before the first answer is the start, not an outage).
+        regained = tracker.primary_last_seen is not None and tracker.contact is not None and not tracker.contact.ok
         self.clock_offset_low = sent_at - doc["now"]
         same_instance = tracker.heartbeat(
             sent_at=sent_at, instance=doc["instance"], age=doc["age"],

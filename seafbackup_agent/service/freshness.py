@@ -265,9 +265,11 @@ class FreshnessTracker:
                 self.started_at
         age = now - self.newest_evidence
         if age >= self.stale_after:
-            return (PairingState.STALE,
-                    f"no evidence from the primary's agent for {age:.0f}s (the newest covers "
-                    f"{_clock(self.newest_evidence)})", self.newest_evidence)
+            reason = f"no evidence from the primary's agent for {age:.0f}s (the newest covers " \
+                     f"{_clock(self.newest_evidence)})"
+            if lost is not None and self.contact is not None:  # the likely why, even if lost for less long
+                reason = f"no contact with the primary's agent since {_clock(lost)}: {self.contact.error}; {reason}"
+            return PairingState.STALE, reason, self.newest_evidence
         return PairingState.OK, None, None
 
 
