@@ -147,8 +147,7 @@ class BackupService:
             if backup_heads.get(repo_id) != head:
                 status = self.state.get(repo_id)
                 if not retry_failed and status and status.state is LibraryState.FAILED and status.primary_head == head:
-                    if not self.freshness.is_outstanding(repo_id):
-                        self.freshness.queued(repo_id)  # behind, retried on its own schedule
+                    self.freshness.failed(repo_id)  # behind, retried on its own schedule
                     continue
                 self.enqueue(repo_id, head)
                 queued += 1

@@ -5,6 +5,10 @@ found a head differing, a manual sync). A library is *outstanding* from its firs
 finished sync has covered yet; a sync covers every change queued before it started, because it reads the
 primary's head when it starts.
 
+A library whose sync failed leaves the outstanding set for the failed one: it is behind by definition, listed
+and counted as failed (status exits non-zero, an alert fires), and the bound covers every other library; it
+becomes outstanding again when it is queued again.
+
 Evidence is a pair (sequence, covered_at): "every head move committed on the primary before `covered_at`
 had been queued here by the time the sequence counter read `sequence`". A heartbeat gives it (the primary
 says up to when it has delivered every change; see `service.heartbeat`), and so does a full poll (the primary's
@@ -77,6 +81,8 @@ class Freshness:
     """covered_at of the newest evidence received (applied or not)."""
     outstanding: int
     primary: PrimaryReport | None
+    failed: int = 0
+    """Libraries failed: behind, and not covered by `current_as_of`."""
 
     def as_dict(self) -> dict:
         doc = {
@@ -88,6 +94,7 @@ class Freshness:
             "primary_last_seen": self.primary_last_seen,
             "newest_evidence": self.newest_evidence,
             "outstanding_libraries": self.outstanding,
+            "failed_libraries_not_covered": self.failed,
             "primary": None,
         }
         if self.primary is not None:
@@ -119,6 +126,8 @@ class FreshnessTracker:
         """library -> sequence when its running sync began"""
         self._queued_during_sync: dict[str, int] = {}
         """library -> first sequence queued while its sync ran"""
+        self._failed: set[str] = set()
+        """libraries whose last sync failed: behind, reported as such, not blocking the bound of the others"""
         self._evidence: deque[tuple[int, float]] = deque()
         self.current_as_of: float | None = None
         self.newest_evidence: float | None = None
@@ -133,6 +142,7 @@ class FreshnessTracker:
     def queued(self, repo_id: str) -> int:
         """A change of `repo_id` was queued; returns its sequence."""
         self.seq += 1
+        self._failed.discard(repo_id)
         if repo_id in self._sync_started:
             self._queued_during_sync.setdefault(repo_id, self.seq)
         else:
@@ -150,18 +160,26 @@ class FreshnessTracker:
     def sync_finished(self, repo_id: str, *, ok: bool) -> None:
         started = self._sync_started.pop(repo_id, None)
         during = self._queued_during_sync.pop(repo_id, None)
-        if ok and started is not None:
+        if not ok:
+            self.failed(repo_id)
+            return
+        if started is not None:
             first = self._outstanding.get(repo_id)
             if first is not None and first <= started:
                 del self._outstanding[repo_id]
             if during is not None:
                 self._mark_outstanding(repo_id, during)
-        elif during is not None:
-            self._mark_outstanding(repo_id, during)
+        self._apply()
+
+    def failed(self, repo_id: str) -> None:
+        """`repo_id` is failed (its sync failed, or a poll found it still failed at the same head)."""
+        self._outstanding.pop(repo_id, None)
+        self._queued_during_sync.pop(repo_id, None)
+        self._failed.add(repo_id)
         self._apply()
 
     def is_outstanding(self, repo_id: str) -> bool:
-        return repo_id in self._outstanding or repo_id in self._queued_during_sync
+        return repo_id in self._outstanding or repo_id in self._queued_during_sync or repo_id in self._failed
 
     def outstanding_since(self, repo_id: str) -> int | None:
         return self._outstanding.get(repo_id)
@@ -240,7 +258,7 @@ class FreshnessTracker:
         rpo = None if self.current_as_of is None else max(0.0, now - self.current_as_of)
         outstanding = len(self._outstanding.keys() | self._queued_during_sync.keys())
         return Freshness(state, reason, since, self.current_as_of, rpo, self.primary_last_seen,
-                         self.newest_evidence, outstanding, self.primary)
+                         self.newest_evidence, outstanding, self.primary, len(self._failed))
 
     def _judge(self, now: float) -> tuple[PairingState, str | None, float | None]:
         lost = self._contact_lost_since

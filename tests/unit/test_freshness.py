@@ -50,16 +50,25 @@ def test_evidence_waits_for_every_change_queued_before_it():
     assert tracker.snapshot().rpo_bound_seconds == 1.0
 
 
-def test_a_failed_sync_keeps_the_library_outstanding():
+def test_a_failed_library_is_left_out_of_the_bound_until_it_is_queued_again():
     clock = Clock()
     tracker = tracker_after_first_poll(clock)
     tracker.queued("lib-a")
+    clock.now = 1005
+    beat(tracker, clock)  # covers 1005, but lib-a is not applied yet
+    assert tracker.current_as_of == 1000.0
     tracker.sync_started("lib-a")
     tracker.sync_finished("lib-a", ok=False)
+    # Failed: reported as behind (and counted), the bound covers the other libraries.
+    assert tracker.current_as_of == 1005.0 and tracker.is_outstanding("lib-a")
+    assert tracker.snapshot().failed == 1
+    tracker.queued("lib-a")  # retried: it blocks again until that attempt ends
     clock.now = 1010
     beat(tracker, clock)
-    assert tracker.current_as_of == 1000.0 and tracker.is_outstanding("lib-a")
-    assert tracker.snapshot().rpo_bound_seconds == 10.0
+    assert tracker.current_as_of == 1005.0 and tracker.snapshot().failed == 0
+    tracker.sync_started("lib-a")
+    tracker.sync_finished("lib-a", ok=True)
+    assert tracker.current_as_of == 1010.0
 
 
 def test_a_new_primary_instance_needs_a_full_poll_before_its_heartbeats_count():
