@@ -8,10 +8,9 @@ import json
 from dataclasses import asdict
 
 from rich.console import Console
-from rich.table import Table
 
 from seafbackup_agent.cli.output import print_error, print_text
-from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option
+from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option, summary_table
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
@@ -82,17 +81,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
             {"repo_id": o.repo_id, "error": str(o)} if isinstance(o, SyncError) else asdict(o) for o in outcomes
         ], indent=2, default=str))
         return 1 if failed else 0
-    table = Table(title="local-sync")
-    for column in ("library", "result", "head", "commits", "fs", "blocks", "bytes", "skipped", "seconds"):
-        table.add_column(column, justify="right" if column not in ("library", "result") else "left")
-    for o in outcomes:
-        if isinstance(o, SyncError):
-            table.add_row(o.repo_id, "[red]failed[/red]", "", "", "", "", "", "", "")
-            continue
-        table.add_row(o.repo_id, o.outcome.value + (" (forced)" if o.forced else ""),
-                      (o.new_head or "")[:12], str(o.commits), str(o.fs_objects), str(o.blocks), str(o.bytes),
-                      str(len(o.skipped)), f"{o.duration:.2f}")
-    console.print(table)
+    rows = [
+        (o.repo_id, "[red]failed[/red]", "", "", "", "", "", "", "") if isinstance(o, SyncError) else
+        (o.repo_id, o.outcome.value + (" (forced)" if o.forced else ""), (o.new_head or "")[:12], str(o.commits),
+         str(o.fs_objects), str(o.blocks), str(o.bytes), str(len(o.skipped)), f"{o.duration:.2f}")
+        for o in outcomes
+    ]
+    console.print(summary_table(
+        "local-sync", ("library", "result", "head", "commits", "fs", "blocks", "bytes", "skipped", "seconds"), rows))
     for o in failed:
         print_error(o)
     for o in outcomes:

@@ -19,6 +19,7 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from seafbackup_agent.cli.agent_cmds import rate_text, size_text
 from seafbackup_agent.cli.output import print_text
@@ -131,3 +132,13 @@ class ProgressDisplay:
                   "-" if bytes_rate is None else f"{bytes_rate:.1f}",
                   f"{self._last_line - self._started:.1f}", self._library)
         print_text(self._lines, "progress " + " ".join(f"{k}={v}" for k, v in zip(PLAIN_FIELDS, values, strict=True)))
+
+
+def summary_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], *, left: int = 2) -> Table:
+    """The table a command prints at the end: one row per library; the first `left` columns are text."""
+    table = Table(title=title)
+    for n, column in enumerate(columns):
+        table.add_column(column, justify="left" if n < left else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -12,10 +12,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from seafbackup_agent.cli.control_client import DEFAULT_CONF_DIR
 from seafbackup_agent.cli.output import print_text
-from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option
+from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option, summary_table
 from seafbackup_agent.errors import ConfigError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
@@ -152,6 +153,13 @@ def report_doc(report: LibraryReport) -> dict:
     return doc
 
 
+def _summary_row(report: LibraryReport) -> tuple[str, ...]:
+    closure = report.closure
+    figures = ((str(closure.commits), str(closure.fs_objects), str(closure.blocks), f"{closure.bytes_read / 2**20:.1f}")
+               if closure else ("", "", "", ""))
+    return (report.repo_id, escape(verdict_text(report)), *figures, f"{report.seconds:.1f}")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     def plain_done(report: LibraryReport) -> None:
         if not args.json:
@@ -163,4 +171,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         reports = asyncio.run(verify(args, display, plain_done))
     if args.json:
         print(json.dumps([report_doc(r) for r in reports], indent=2))
+    else:
+        console.print(summary_table("verify", ("library", "verdict", "commits", "fs", "blocks", "MiB read", "seconds"),
+                                    [_summary_row(r) for r in reports]))
     return EXIT_CODES[Verdict.worst([r.verdict for r in reports])]
