@@ -84,6 +84,8 @@ class _Running:
     progress: LibraryProgress
     started: float
     rate: Rate
+    started_at: float
+    """Wall-clock time, to tell one sync of a library from the next."""
 
 
 @dataclass(slots=True)
@@ -118,7 +120,7 @@ class StoreProgress:
         """A sync begins; returns the callback to give the engine."""
         if repo_id not in self.queued:
             self.add(repo_id)
-        entry = _Running(LibraryProgress(repo_id), self.clock(), Rate(self.clock))
+        entry = _Running(LibraryProgress(repo_id), self.clock(), Rate(self.clock), time.time())
         self.running[repo_id] = entry
         last = LibraryProgress(repo_id)
 
@@ -181,6 +183,7 @@ class StoreProgress:
         objects_rate, bytes_rate = entry.rate.per_second()
         return {
             "repo_id": p.repo_id,
+            "started_at": entry.started_at,
             "commits": p.commits,
             "commits_total": p.commits_total,
             "fs_objects": p.fs_objects,

@@ -185,5 +185,5 @@ def test_local_sync_and_verify_print_parseable_progress_lines_off_a_terminal(pri
 
     # Without --json, on a log: the same lines on stderr, the summary table on stdout.
     again = _cmd(lab, "local-sync", *_local(lab))
-    assert again.returncode == 0 and "local-sync" in again.stdout and all(r in again.stdout for r in repos)
+    assert again.returncode == 0 and "local-sync" in again.stdout and "progress" not in again.stdout
     assert [f["libraries"] for f in _progress_lines(again.stderr)][-1] == "3/3"
