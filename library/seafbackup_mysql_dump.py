@@ -97,6 +97,10 @@ size:
   description: Size of the dump in bytes.
   returned: success, not in check mode
   type: int
+seconds:
+  description: How long the dump took (seconds, with the lock for the C(locked) method).
+  returned: success, not in check mode
+  type: float
 flavour:
   description: The server as the flavour table names it, e.g. C(MariaDB 10.11.6).
   returned: always
@@ -105,6 +109,7 @@ flavour:
 
 import os
 import subprocess
+import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.seafbackup_flavour import FlavourError, dump_args, flavour, parse_dump_header
@@ -183,6 +188,7 @@ def main():
         os.close(fd)
         os.chmod(path, 0o600)
         coords = {"gtid": None, "log_file": None, "log_pos": None}
+        started = time.monotonic()
         if params["method"] == "locked":
             with conn.cursor() as cur:
                 cur.execute("FLUSH TABLES WITH READ LOCK")
@@ -203,7 +209,8 @@ def main():
                 module.fail_json(msg="the dump records no GTID position; is the binary log enabled?", command=argv)
         if coords["log_file"] is None and not params["use_gtid"]:
             module.fail_json(msg="the dump records no binlog position; is the binary log enabled?", command=argv)
-        module.exit_json(changed=True, command=argv, flavour=flav["label"], size=os.path.getsize(path), **coords)
+        module.exit_json(changed=True, command=argv, flavour=flav["label"], size=os.path.getsize(path),
+                         seconds=round(time.monotonic() - started, 3), **coords)
     except FlavourError as exc:
         module.fail_json(msg=str(exc))
     finally:

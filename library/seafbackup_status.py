@@ -210,6 +210,20 @@ replication:
   type: dict
   sample: {"configured": true, "io_running": "Yes", "sql_running": "Yes", "seconds_behind": 0,
            "last_sql_errno": 0, "last_sql_error": "", "last_io_errno": 0, "last_io_error": ""}
+progress:
+  description:
+    - How far the current batch of syncs has come (the batch is the libraries queued since the agent was idle;
+      the first sync of a whole store is one batch), as C(seaf-backup-cmd status --json) shows it.
+    - C(libraries_done) of C(libraries_total), C(objects) and C(bytes) copied, the rate over the last minute
+      (C(objects_per_second), C(bytes_per_second)) and C(eta_seconds); C(active) is false once the batch is done.
+    - C(libraries) lists each running library with its C(commits) of C(commits_total) (counted by the commit
+      walk), its C(bytes) of C(estimated_bytes) (the primary's C(RepoSize) for a library new on the backup),
+      its rate and ETA. C(estimate_basis) and C(eta_basis) say how the estimates are made.
+  returned: when mode is backup
+  type: dict
+  sample: {"active": true, "libraries_done": 3, "libraries_total": 10, "libraries_remaining": 7,
+           "objects": 51234, "bytes": 7340032000, "objects_per_second": 812.0, "bytes_per_second": 61865984.0,
+           "eta_seconds": 420.5, "libraries": []}
 waited:
   description: Seconds spent waiting for O(wait_synchronized).
   returned: always
@@ -378,6 +392,7 @@ def main():
         "total": doc["total"],
         "counts": doc["counts"],
         "lag": lag,
+        "progress": doc.get("progress"),
         "replication": replication,
         "waited": round(time.monotonic() - started, 2),
         **by_state,

@@ -73,6 +73,22 @@ def _noted(line: str, note: str | None) -> str:
     return f"{line} ({note})" if note else line
 
 
+def size_text(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def rate_text(objects: float | None, nbytes: float | None) -> str:
+    if objects is None or nbytes is None:
+        return "rate unknown"
+    return f"{objects:.0f} objects/s, {size_text(nbytes)}/s"
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"
+
+
 def _seconds(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.1f}s"
 
@@ -108,7 +124,29 @@ def format_status(doc: dict) -> str:
     lines.append(_noted(f"Database replication lag: {_seconds(db_lag.get('seconds'))}", db_lag.get("error")))
     if doc.get("last_poll_error"):
         lines.append(f"Last poll failed: {doc['last_poll_error']}")
+    lines += progress_lines(doc.get("progress"))
     return "\n".join(lines)
+
+
+def progress_lines(progress: dict | None) -> list[str]:
+    """While libraries sync: the batch overall, then each running library (the figures of `--json`'s
+    "progress")."""
+    if not progress or not progress["active"]:
+        return []
+    lines = [
+        f"Sync progress: {progress['libraries_done']} of {progress['libraries_total']} libraries done, "
+        f"{progress['objects']} objects, {size_text(progress['bytes'])} copied, "
+        f"{rate_text(progress['objects_per_second'], progress['bytes_per_second'])} over the last minute, "
+        f"ETA {eta_text(progress['eta_seconds'])}",
+    ]
+    for lib in progress["libraries"]:
+        commits = f" ({lib['commits']} of {lib['commits_total']} commits)" if lib["commits_total"] is not None else ""
+        estimate = f" of ~{size_text(lib['estimated_bytes'])}" if lib["estimated_bytes"] is not None else ""
+        lines.append(f"  {lib['repo_id']}: {lib['objects']} objects{commits}, {size_text(lib['bytes'])}{estimate}, "
+                     f"{rate_text(lib['objects_per_second'], lib['bytes_per_second'])}, "
+                     f"ETA {eta_text(lib['eta_seconds'])}")
+    lines.append(f"Estimates: {progress['estimate_basis']}; overall ETA: {progress['eta_basis']}")
+    return lines
 
 
 def format_primary_status(doc: dict) -> str:

@@ -8,13 +8,14 @@ import json
 from dataclasses import asdict
 
 from rich.console import Console
-from rich.table import Table
 
 from seafbackup_agent.cli.output import print_error, print_text
+from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option, summary_table
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.sync.engine import SyncEngine
+from seafbackup_agent.sync.progress import LibraryProgress
 from seafbackup_agent.sync.result import SyncError, SyncResult
 from seafbackup_agent.sync.source import LocalSource
 
@@ -32,11 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default="/opt/seafile/seafile-data", help="the target's seafile-data dir")
     p.add_argument("--force", action="store_true", help="skip objects missing or corrupt on the source")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_interval_option(p)
     p.add_argument("libraries", nargs="*", metavar="LIBRARY_ID")
     p.set_defaults(func=run)
 
 
-async def _sync_all(args: argparse.Namespace) -> list[SyncResult | SyncError]:
+async def _sync_all(args: argparse.Namespace, display: ProgressDisplay) -> list[SyncResult | SyncError]:
     wanted = [valid_repo_id(r) for r in args.libraries]
     source_inst = SeafileInstallation.open(args.source_conf_dir, args.source_data_dir)
     target = SeafileInstallation.open(args.conf_dir, args.data_dir)
@@ -46,11 +48,23 @@ async def _sync_all(args: argparse.Namespace) -> list[SyncResult | SyncError]:
         if not wanted:
             wanted = [repo async for repo, _head in source.libraries()]
         outcomes: list[SyncResult | SyncError] = []
+        last = LibraryProgress("")
+
+        def advanced(progress: LibraryProgress) -> None:
+            nonlocal last
+            last = progress
+            display.advanced(progress.objects, progress.bytes)
+
         for repo in wanted:
+            last = LibraryProgress(repo)
+            display.started(repo, len(wanted))
             try:
-                outcomes.append(await engine.sync_library(repo, force=args.force))
+                result = await engine.sync_library(repo, force=args.force, on_progress=advanced)
+                outcomes.append(result)
+                display.finished(result.objects, result.bytes)
             except SyncError as exc:
                 outcomes.append(exc)
+                display.finished(last.objects, last.bytes)  # what it copied before failing still counts
         return outcomes
     finally:
         await source.close()
@@ -58,24 +72,23 @@ async def _sync_all(args: argparse.Namespace) -> list[SyncResult | SyncError]:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    outcomes = asyncio.run(_sync_all(args))
+    with ProgressDisplay(console, verb="syncing", libraries=len(args.libraries) or None,
+                         interval=args.progress_interval, bar=not args.json) as display:
+        outcomes = asyncio.run(_sync_all(args, display))
     failed = [o for o in outcomes if isinstance(o, SeafBackupError)]
     if args.json:
         print(json.dumps([
             {"repo_id": o.repo_id, "error": str(o)} if isinstance(o, SyncError) else asdict(o) for o in outcomes
         ], indent=2, default=str))
         return 1 if failed else 0
-    table = Table(title="local-sync")
-    for column in ("library", "result", "head", "commits", "fs", "blocks", "bytes", "skipped", "seconds"):
-        table.add_column(column, justify="right" if column not in ("library", "result") else "left")
-    for o in outcomes:
-        if isinstance(o, SyncError):
-            table.add_row(o.repo_id, "[red]failed[/red]", "", "", "", "", "", "", "")
-            continue
-        table.add_row(o.repo_id, o.outcome.value + (" (forced)" if o.forced else ""),
-                      (o.new_head or "")[:12], str(o.commits), str(o.fs_objects), str(o.blocks), str(o.bytes),
-                      str(len(o.skipped)), f"{o.duration:.2f}")
-    console.print(table)
+    rows = [
+        (o.repo_id, "[red]failed[/red]", "", "", "", "", "", "", "") if isinstance(o, SyncError) else
+        (o.repo_id, o.outcome.value + (" (forced)" if o.forced else ""), (o.new_head or "")[:12], str(o.commits),
+         str(o.fs_objects), str(o.blocks), str(o.bytes), str(len(o.skipped)), f"{o.duration:.2f}")
+        for o in outcomes
+    ]
+    console.print(summary_table(
+        "local-sync", ("library", "result", "head", "commits", "fs", "blocks", "bytes", "skipped", "seconds"), rows))
     for o in failed:
         print_error(o)
     for o in outcomes:

@@ -12,15 +12,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 
 from seafbackup_agent.cli.control_client import DEFAULT_CONF_DIR
 from seafbackup_agent.cli.output import print_text
+from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option, summary_table
 from seafbackup_agent.errors import ConfigError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.sync.source import LocalSource, ObjectSource
-from seafbackup_agent.sync.verify import ClosureCheck, LibraryReport, Verdict, check_closure
+from seafbackup_agent.sync.verify import LibraryReport, Verdict, check_closure
 
 EXIT_CODES = {Verdict.OK: 0, Verdict.BEHIND: 5, Verdict.MISSING: 6, Verdict.CORRUPT: 7}
 """By the worst verdict. Errors keep their usual codes: 2 arguments or configuration, 3 database,
@@ -49,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="read only this fraction of the blocks (chosen at random; the others are checked to be "
                    "present); commits and fs objects are always read (default 1: everything)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_interval_option(p)
     p.add_argument("libraries", nargs="*", metavar="LIBRARY_ID", help="default: every library of backup and "
                    "primary")
     p.set_defaults(func=run)
@@ -69,8 +71,8 @@ def _source(args: argparse.Namespace, target: SeafileInstallation) -> ObjectSour
     return HttpSource.from_conf(target.conf, retries=2)
 
 
-async def verify(args: argparse.Namespace, on_progress, on_done) -> list[LibraryReport]:
-    """Check each library (`on_progress(repo_id, ClosureCheck)` while walking, `on_done(report)` after)."""
+async def verify(args: argparse.Namespace, display: ProgressDisplay, on_done) -> list[LibraryReport]:
+    """Check each library (shown on `display` while walking, `on_done(report)` after)."""
     if not 0 < args.sample <= 1:
         raise ConfigError(f"--sample {args.sample}: give a fraction in (0, 1], e.g. 0.05")
     wanted = [valid_repo_id(r) for r in args.libraries]
@@ -86,6 +88,7 @@ async def verify(args: argparse.Namespace, on_progress, on_done) -> list[Library
         rng = random.Random()
         reports = []
         for repo in wanted:
+            display.started(repo, len(wanted))
             started = time.monotonic()
             primary_head = primary_heads.get(repo)
             if source is not None and not primary_heads:
@@ -96,9 +99,12 @@ async def verify(args: argparse.Namespace, on_progress, on_done) -> list[Library
             if mine is not None:
                 closure = await asyncio.to_thread(
                     check_closure, target.store, repo, mine.store_id, mine.head, truncate_time=mine.truncate_time,
-                    sample=args.sample, rng=rng, progress=lambda check, repo=repo: on_progress(repo, check))
+                    sample=args.sample, rng=rng,
+                    # From the walk's thread: the display only stores figures and prints a line.
+                    progress=lambda check: display.advanced(check.objects, check.bytes_read))
             report = LibraryReport(repo, mine.head if mine else None, primary_head, source is not None, closure,
                                    round(time.monotonic() - started, 3))
+            display.finished(closure.objects if closure else 0, closure.bytes_read if closure else 0)
             on_done(report)
             reports.append(report)
         return reports
@@ -147,28 +153,25 @@ def report_doc(report: LibraryReport) -> dict:
     return doc
 
 
+def _summary_row(report: LibraryReport) -> tuple[str, ...]:
+    closure = report.closure
+    figures = ((str(closure.commits), str(closure.fs_objects), str(closure.blocks), f"{closure.bytes_read / 2**20:.1f}")
+               if closure else ("", "", "", ""))
+    return (report.repo_id, escape(verdict_text(report)), *figures, f"{report.seconds:.1f}")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     def plain_done(report: LibraryReport) -> None:
         if not args.json:
             for line in report_lines(report):
                 print_text(console, line)
 
-    if args.json or not console.is_terminal:
-        reports = asyncio.run(verify(args, lambda repo, check: None, plain_done))
-    else:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task("verifying", total=len(args.libraries) or None)
-
-            def walking(repo: str, check: ClosureCheck) -> None:
-                progress.update(task, description=f"{repo}: {check.objects} objects, "
-                                f"{check.bytes_read / 2**20:.0f} MiB")
-
-            def done(report: LibraryReport) -> None:
-                plain_done(report)
-                progress.advance(task)
-
-            reports = asyncio.run(verify(args, walking, done))
+    with ProgressDisplay(console, verb="verifying", libraries=len(args.libraries) or None,
+                         interval=args.progress_interval, bar=not args.json) as display:
+        reports = asyncio.run(verify(args, display, plain_done))
     if args.json:
         print(json.dumps([report_doc(r) for r in reports], indent=2))
+    else:
+        console.print(summary_table("verify", ("library", "verdict", "commits", "fs", "blocks", "MiB read", "seconds"),
+                                    [_summary_row(r) for r in reports]))
     return EXIT_CODES[Verdict.worst([r.verdict for r in reports])]

@@ -27,6 +27,8 @@ class LibraryMeta:
     store_id: str
     truncate_time: int | None
     """Commits older than this (unix time) are below the history boundary; None keeps all history."""
+    size: int | None = None
+    """`RepoSize.size` on the source (its head's files, as Seafile last computed it): an estimate for progress."""
 
 
 def truncate_time(days: int | None, valid_since: int | None, *, now: float | None = None) -> int | None:
@@ -89,18 +91,20 @@ class LibraryRows:
         # One round trip; a virtual repo keeps its origin's history limit.
         row = _fetch_one(
             self.conn,
-            "SELECT b.commit_id, v.origin_repo, l.repo_id IS NOT NULL, l.days, s.timestamp "
+            "SELECT b.commit_id, v.origin_repo, l.repo_id IS NOT NULL, l.days, s.timestamp, z.size "
             "FROM Repo r JOIN Branch b ON b.repo_id=r.repo_id AND b.name=%s "
             "LEFT JOIN VirtualRepo v ON v.repo_id=r.repo_id "
             "LEFT JOIN RepoHistoryLimit l ON l.repo_id=COALESCE(v.origin_repo, r.repo_id) "
-            "LEFT JOIN RepoValidSince s ON s.repo_id=r.repo_id WHERE r.repo_id=%s",
+            "LEFT JOIN RepoValidSince s ON s.repo_id=r.repo_id "
+            "LEFT JOIN RepoSize z ON z.repo_id=r.repo_id WHERE r.repo_id=%s",
             (BRANCH, repo_id),
         )
         if row is None:
             return None
-        head, origin, has_limit, limit_days, since = row
+        head, origin, has_limit, limit_days, since, size = row
         days = limit_days if has_limit else self.keep_days
-        return LibraryMeta(repo_id, head, origin or repo_id, truncate_time(days, since))
+        return LibraryMeta(repo_id, head, origin or repo_id, truncate_time(days, since),
+                           None if size is None else int(size))
 
     def gc_id(self, store_id: str, *, for_update: bool = False) -> str | None:
         sql = "SELECT gc_id FROM GCID WHERE repo_id=%s" + (" FOR UPDATE" if for_update else "")

@@ -17,6 +17,7 @@ from seafbackup_agent.service.freshness import FreshnessTracker, PairingState
 from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.state import LibraryState, StateStore
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
+from seafbackup_agent.sync.progress import StoreProgress
 from seafbackup_agent.sync.result import SyncResult
 from seafbackup_agent.sync.source import ObjectSource
 from seafbackup_agent.transport.errors import failure_kind
@@ -64,6 +65,7 @@ class BackupService:
         self.freshness = FreshnessTracker(stale_after=options.stale_after)
         self._poll_now = asyncio.Event()
         self._retry_failed_at_poll = False
+        self.progress = StoreProgress(on_copied=metrics.copied)
 
     # --- entry points ------------------------------------------------------------------------------
 
@@ -75,6 +77,7 @@ class BackupService:
         self.freshness.queued(repo_id)
         self.state.waiting(repo_id, head)
         if repo_id not in self._queued:
+            self.progress.add(repo_id)
             self._queued.add(repo_id)
             self._queue.put_nowait(repo_id)
         self.metrics.queue_depth.set(len(self._queued))
@@ -218,6 +221,7 @@ class BackupService:
                     outcome = await self._sync_one(repo_id, force, target)
                 finally:
                     self._running.discard(repo_id)
+                    self.progress.finish(repo_id, done=repo_id not in self._rerun and repo_id not in self._queued)
                     self.freshness.sync_finished(repo_id, ok=outcome["ok"])
                 if repo_id in self._rerun:
                     self._rerun.discard(repo_id)
@@ -238,7 +242,8 @@ class BackupService:
             if target is None:
                 target = await asyncio.to_thread(self.open_target)
             engine = SyncEngine(self.source, target, self.engine_options, block_slots=self._block_slots)
-            result: SyncResult = await engine.sync_library(repo_id, force=force)
+            result: SyncResult = await engine.sync_library(repo_id, force=force,
+                                                           on_progress=self.progress.start(repo_id))
         except SeafBackupError as exc:
             reason = str(exc)
             self.state.failed(repo_id, reason)
@@ -285,4 +290,6 @@ class BackupService:
         self.metrics.rpo_bound_seconds.set(math.nan if fresh.rpo_bound_seconds is None else fresh.rpo_bound_seconds)
         seen = fresh.primary_last_seen
         self.metrics.primary_last_seen_seconds.set(math.nan if seen is None else time.time() - seen)
+        self.metrics.libraries_remaining.set(self.progress.remaining())
+        self.metrics.in_progress_bytes.set(self.progress.in_progress_bytes())
 

@@ -52,6 +52,7 @@ def status_document(service: BackupService, contact: PrimaryContact | None = Non
         "last_poll": service.last_poll,
         "last_poll_error": service.last_poll_error,
         "libraries": libraries,
+        "progress": service.progress.document(),
     }
 
 

@@ -6,6 +6,7 @@ import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from seafbackup_agent.sync.progress import LibraryProgress
 from seafbackup_agent.sync.result import SyncResult
 
 
@@ -19,9 +20,18 @@ class AgentMetrics:
         self.queue_depth = Gauge("seafbackup_queue_depth", "Libraries queued for sync", registry=r)
         self.oldest_unsynced_seconds = Gauge(
             "seafbackup_oldest_unsynced_seconds", "Age of the oldest library not synchronized", registry=r)
-        self.bytes_copied = Counter("seafbackup_copied_bytes", "Bytes copied to the backup", registry=r)
+        self.bytes_copied = Counter(
+            "seafbackup_copied_bytes", "Bytes copied to the backup (counted as they are staged, during a sync)",
+            registry=r)
         self.objects_copied = Counter(
-            "seafbackup_copied_objects", "Objects copied to the backup", ["type"], registry=r)
+            "seafbackup_copied_objects", "Objects copied to the backup (counted as they are staged, during a sync)",
+            ["type"], registry=r)
+        self.libraries_remaining = Gauge(
+            "seafbackup_libraries_remaining",
+            "Libraries of the current batch (queued from idle; the first sync of a store is one) not yet done",
+            registry=r)
+        self.in_progress_bytes = Gauge(
+            "seafbackup_sync_in_progress_bytes", "Bytes copied so far by the library syncs running now", registry=r)
         self.syncs = Counter("seafbackup_syncs", "Library syncs finished", ["outcome"], registry=r)
         self.failures = Counter("seafbackup_sync_failures", "Library syncs that failed", registry=r)
         self.sync_seconds = Histogram("seafbackup_sync_seconds", "Duration of one library sync", registry=r)
@@ -79,10 +89,13 @@ class AgentMetrics:
         for known in ("binlog", "probe"):
             self.change_detector.labels(kind=known).set(1 if kind == known else 0)
 
+    def copied(self, delta: LibraryProgress) -> None:
+        """Objects just staged by a running sync: `rate()` of these counters is the copy rate during a sync."""
+        self.bytes_copied.inc(delta.bytes)
+        self.objects_copied.labels(type="commit").inc(delta.commits)
+        self.objects_copied.labels(type="fs").inc(delta.fs_objects)
+        self.objects_copied.labels(type="block").inc(delta.blocks)
+
     def record(self, result: SyncResult) -> None:
-        self.bytes_copied.inc(result.bytes)
-        self.objects_copied.labels(type="commit").inc(result.commits)
-        self.objects_copied.labels(type="fs").inc(result.fs_objects)
-        self.objects_copied.labels(type="block").inc(result.blocks)
         self.syncs.labels(outcome=result.outcome.value).inc()
         self.sync_seconds.observe(result.duration)

@@ -30,6 +30,7 @@ from seafbackup_agent.seafile.objects import (
     verify_block,
 )
 from seafbackup_agent.seafile.storage import ObjType, WriteBatch
+from seafbackup_agent.sync.progress import LibraryProgress, ProgressCallback
 from seafbackup_agent.sync.result import (
     NotDescendantError,
     Outcome,
@@ -73,6 +74,8 @@ class _Run:
     deep: bool
     result: SyncResult
     writes: WriteBatch
+    progress: LibraryProgress
+    on_progress: ProgressCallback | None = None
     dir_tasks: int = 0
     prefetched: dict[str, bytes] = field(default_factory=dict)
     """fs objects that came with a tree diff, until the walk uses them."""
@@ -99,20 +102,25 @@ class SyncEngine:
         # Shared by the agent's workers, so that blocks held in memory stay bounded however many run.
         self._block_slots = block_slots or asyncio.Semaphore(self.options.block_concurrency)
 
-    async def sync_library(self, repo_id: str, *, force: bool = False) -> SyncResult:
+    async def sync_library(
+        self, repo_id: str, *, force: bool = False, on_progress: ProgressCallback | None = None
+    ) -> SyncResult:
+        """`on_progress` is called with the library's live counters each time objects are staged."""
         started = time.monotonic()
+        progress = LibraryProgress(repo_id)
         try:
             try:
-                result = await self._sync(repo_id, force=force, deep=False)
+                result = await self._sync(repo_id, force=force, deep=False, progress=progress, on_progress=on_progress)
             except GCConflict as exc:
                 log.warning("library %s: %s; redoing with a full check", repo_id, exc.message)
-                result = await self._sync(repo_id, force=force, deep=True)
+                result = await self._sync(repo_id, force=force, deep=True, progress=progress, on_progress=on_progress)
         except (HeadMovedConflict, StorageError) as exc:
             raise SyncError(repo_id, exc.message, hint=exc.hint) from exc
         result.duration = time.monotonic() - started
         return result
 
-    async def _sync(self, repo_id: str, *, force: bool, deep: bool) -> SyncResult:
+    async def _sync(self, repo_id: str, *, force: bool, deep: bool, progress: LibraryProgress,
+                    on_progress: ProgressCallback | None) -> SyncResult:
         await asyncio.to_thread(self.target.reconnect_if_gone)
         rows = self.target.rows
         old_head = await asyncio.to_thread(rows.head, repo_id)
@@ -127,10 +135,14 @@ class SyncEngine:
             return SyncResult(repo_id, Outcome.UNCHANGED, old_head, old_head)
 
         gc_id = await asyncio.to_thread(rows.gc_id, meta.store_id)
+        if old_head is None:
+            progress.estimated_bytes = meta.size
         run = _Run(meta, force, deep, SyncResult(repo_id, Outcome.SYNCHRONIZED, old_head, meta.head),
-                   self.target.store.batch(flush_seconds=self.options.flush_seconds))
+                   self.target.store.batch(flush_seconds=self.options.flush_seconds), progress, on_progress)
         try:
             stops = await self._find_new_commits(run)
+            progress.commits_total = progress.commits + len(run.new_commits)
+            self._report(run)
             if old_head is not None and old_head not in stops and not deep:
                 await self._check_descends(run, old_head, stops)
             for commit in run.new_commits.values():
@@ -141,11 +153,12 @@ class SyncEngine:
                 run.unchanged_outside = None
             commits = list(_oldest_first(run.new_commits))
             await self._put(run, [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits])
-            run.result.commits += len(commits)
             await asyncio.to_thread(run.writes.seal)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(run.writes.discard))
             raise
+        run.result.commits, run.result.fs_objects = progress.commits, progress.fs_objects
+        run.result.blocks, run.result.bytes = progress.blocks, progress.bytes
         await asyncio.to_thread(
             publish_head,
             rows.conn,
@@ -313,7 +326,6 @@ class SyncEngine:
             raise failed.exceptions[0] from None
         # Only now, with its whole subtree put: the batch places objects in the order they were put.
         await self._put(run, [(ObjType.FS, store_id, dir_id, raw)])
-        run.result.fs_objects += 1
 
     async def _copy_dir_task(self, run: _Run, dir_id: str, fetched: tuple[SeafDir | SeafFile, bytes]) -> None:
         try:
@@ -344,7 +356,6 @@ class SyncEngine:
         objects = [(ObjType.FS, store_id, file_id, raw)
                    for file_id, (seaffile, raw) in files.items() if isinstance(seaffile, SeafFile)]
         await self._put(run, objects)
-        run.result.fs_objects += len(objects)
 
     def _packs(self, sizes: dict[str, int]) -> list[list[str]]:
         packs: list[list[str]] = []
@@ -391,16 +402,33 @@ class SyncEngine:
             return good, bad
 
         good, bad = await asyncio.to_thread(verify_and_put)
-        run.result.blocks += len(good)
-        run.result.bytes += sum(len(data) for _t, _s, _i, data in good)
+        self._count(run, good)
         for block_id, reason in bad:
             self._object_failed(run, "block", block_id, run.commit_id, reason)
 
     async def _put(self, run: _Run, objects: list[tuple[ObjType, str, str, bytes]]) -> None:
-        """Stage fs objects and commits (counted in the result's bytes; blocks go through `_put_blocks`)."""
+        """Stage fs objects and commits (blocks go through `_put_blocks`)."""
         if objects:
             await asyncio.to_thread(run.writes.put, objects)
-            run.result.bytes += sum(len(data) for _t, _s, _i, data in objects)
+            self._count(run, objects)
+
+    def _count(self, run: _Run, staged: list[tuple[ObjType, str, str, bytes]]) -> None:
+        """The one place copied objects are counted (the result takes its figures from here)."""
+        progress = run.progress
+        for obj_type, _store, _obj_id, data in staged:
+            if obj_type is ObjType.BLOCKS:
+                progress.blocks += 1
+            elif obj_type is ObjType.FS:
+                progress.fs_objects += 1
+            else:
+                progress.commits += 1
+            progress.bytes += len(data)
+        if staged:
+            self._report(run)
+
+    def _report(self, run: _Run) -> None:
+        if run.on_progress is not None:
+            run.on_progress(run.progress)
 
     def _object_failed(self, run: _Run, obj_type: str, obj_id: str, commit_id: str, reason: str) -> None:
         repo_id = run.meta.repo_id

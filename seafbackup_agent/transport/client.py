@@ -308,7 +308,7 @@ class HttpSource(_SignedClient):
             return None
         try:
             doc = json.loads(raw)
-            meta = LibraryMeta(doc["repo_id"], doc["head"], doc["store_id"], doc["truncate_time"])
+            meta = LibraryMeta(doc["repo_id"], doc["head"], doc["store_id"], doc["truncate_time"], doc.get("size"))
         except (ValueError, KeyError, TypeError) as exc:
             raise ProtocolError(f"library {repo_id}: malformed metadata from the primary") from exc
         if not (
@@ -316,6 +316,7 @@ class HttpSource(_SignedClient):
             and ids.is_object_id(meta.head)
             and ids.is_repo_id(meta.store_id)
             and (meta.truncate_time is None or isinstance(meta.truncate_time, int))
+            and (meta.size is None or (isinstance(meta.size, int) and meta.size >= 0))
         ):
             raise ProtocolError(f"library {repo_id}: malformed metadata from the primary: {doc!r}")
         if isinstance(doc.get("head_commit"), str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -216,3 +217,79 @@ def test_status_and_sync_force_with_a_corrupt_block_on_the_primary(primary, lab,
 def test_commands_say_when_the_agent_is_not_running(lab, agents):
     result = agents.cmd("status", check=False)
     assert result.returncode == 4 and "agent is not running" in result.stderr
+
+
+def _store_on_disk(data_dir: Path) -> tuple[int, int]:
+    """(objects, bytes) of a store's commits, fs objects and blocks: what a first sync copies into it."""
+    files = [p for kind in ("commits", "fs", "blocks") for p in (data_dir / "storage" / kind).rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _control_get(agents: Agents, path: str) -> str:
+    return subprocess.run(["curl", "-s", "--unix-socket", str(agents.tmp / "state/agent.sock"), f"http://agent{path}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_first_sync_progress_is_monotonic_and_ends_at_the_totals(primary, lab, agents):
+    repos = [primary.create_library(f"first{i}", "alice@example.com") for i in range(4)]
+    for i, repo in enumerate(repos):
+        # Distinct contents: every block is copied once, so the store on disk is exactly what was copied.
+        primary.commit(repo, list(bulk_files(1000, 4000, seed=10 + i)))
+        primary.commit(repo, [Put("second.txt", f"second commit of {i}".encode())])
+    sizes = dict(_root_sql(lab.primary, "SELECT repo_id, size FROM seafile_db.RepoSize"))
+    agents.start("primary")
+    agents.start("backup")
+    samples = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        doc = json.loads(_control_get(agents, "/status"))
+        samples.append(doc)
+        progress = doc["progress"]
+        if progress["libraries_total"] == 4 and not progress["active"] and doc["counts"]["synchronized"] == 4:
+            break
+    else:
+        raise AssertionError(f"first sync not done: {samples[-1]}")
+
+    progresses = [s["progress"] for s in samples if s["progress"]["libraries_total"]]
+    for earlier, later in itertools.pairwise(progresses):
+        for key in ("libraries_done", "objects", "bytes"):
+            assert later[key] >= earlier[key], (key, earlier, later)
+    per_sync: dict[tuple[str, float], list[dict]] = {}  # a poll during a sync may run it once more
+    for progress in progresses:
+        assert progress["libraries_total"] == 4
+        for lib in progress["libraries"]:
+            per_sync.setdefault((lib["repo_id"], lib["started_at"]), []).append(lib)
+    for (repo, _started), seen in per_sync.items():
+        for earlier, later in itertools.pairwise(seen):
+            assert later["objects"] >= earlier["objects"] and later["bytes"] >= earlier["bytes"], (repo, seen)
+        # A library new on the backup: its bytes are estimated from the primary's RepoSize (None before the
+        # sync's first report; a second sync of it finds it on the backup, with nothing to estimate).
+        assert {lib["estimated_bytes"] for lib in seen} - {None} <= {sizes[repo]}
+        assert {lib["commits_total"] for lib in seen} <= {None, 0, 3}  # creation + the two commits above
+    assert {lib["estimated_bytes"] for seen in per_sync.values() for lib in seen} - {None} <= set(sizes.values())
+    assert {lib["estimated_bytes"] for seen in per_sync.values() for lib in seen} - {None}, "no estimate shown"
+
+    final = progresses[-1]
+    objects, nbytes = _store_on_disk(lab.backup.seafile_data_dir)
+    assert (final["libraries_done"], final["libraries_remaining"], final["libraries"]) == (4, 0, [])
+    assert (final["objects"], final["bytes"]) == (objects, nbytes)
+    assert objects > 4 * 1000 * 2  # each library: 1000 files, each a file object and a block
+
+    # While it ran, the text kept Seafile's layout and added the progress after seafbackup's own lines.
+    active = [s for s in samples if s["progress"]["active"] and s["progress"]["libraries"]]
+    assert active, "no sample caught the sync running"
+    lines = format_status(active[-1]).splitlines()
+    assert lines[0] == "Total number of libraries: " + str(active[-1]["total"])
+    assert lines.index("List of libraries failed to sync:") < lines.index(
+        next(line for line in lines if line.startswith("Database replication lag:")))
+    progress_at = next(i for i, line in enumerate(lines) if line.startswith("Sync progress: "))
+    assert progress_at > lines.index(next(line for line in lines if line.startswith("Database replication lag:")))
+    assert f"libraries done, {active[-1]['progress']['objects']} objects" in lines[progress_at]
+    assert any(line.startswith(f"  {lib['repo_id']}: ") for lib in active[-1]["progress"]["libraries"]
+               for line in lines)
+
+    metrics = _control_get(agents, "/metrics")
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
+    assert float(values["seafbackup_copied_bytes_total"]) == nbytes
+    assert float(values["seafbackup_libraries_remaining"]) == 0
+    assert float(values["seafbackup_sync_in_progress_bytes"]) == 0

@@ -163,6 +163,14 @@ def test_the_dump_is_gone_and_the_seeding_drop_in_removed(seeded):
         assert not (host.root / "etc/mysql/conf.d/61-seafbackup-seeding.cnf").exists()
 
 
+def test_the_play_prints_the_seed_dumps_size_and_duration(seeded):
+    found = re.findall(r"seed dump: (\d+) bytes \(([\d.]+) MiB\) in ([\d.]+) s", STATE["first_run"].output)
+    assert len(found) == 1, STATE["first_run"].output[-4000:]
+    size, mib, seconds = found[0]
+    # A dump of the three Seafile databases with their schemas: tens of kilobytes at least, never empty.
+    assert int(size) > 10_000 and float(mib) == round(int(size) / 2**20, 1) and float(seconds) > 0
+
+
 def test_second_run_changes_nothing_and_keeps_the_token(seeded):
     run = run_playbook(_inventory(seeded))
     TIMINGS["second run"] = run.seconds

@@ -13,6 +13,7 @@ import time
 import zlib
 from pathlib import Path
 
+from seafbackup_agent.cli.progress import parse_line
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.verify import check_closure as verify_closure
@@ -151,3 +152,38 @@ def test_the_cost_of_a_full_check_per_million_objects(primary, lab, backup_db_pr
         print(f"\nverify --sample {sample}: {check.objects} objects ({check.fs_objects} fs, {check.blocks} blocks, "
               f"{check.bytes_read / 2**20:.0f} MiB read) in {seconds:.1f}s = {per_million / 60:.1f} min per "
               f"million objects")
+
+
+def _progress_lines(stderr: str) -> list[dict[str, str]]:
+    """Every line of stderr, parsed as a plain progress line (fails on anything else)."""
+    return [parse_line(line) for line in stderr.splitlines()]
+
+
+def _assert_climbs_to(lines: list[dict[str, str]], libraries: int, objects: int, nbytes: int) -> None:
+    figures = [(int(f["libraries"].split("/")[0]), int(f["objects"]), int(f["bytes"])) for f in lines]
+    assert figures == sorted(figures) and len(lines) > libraries  # monotonic, and lines while working
+    assert {f["libraries"].split("/")[1] for f in lines} == {str(libraries)}
+    assert figures[-1] == (libraries, objects, nbytes) and lines[-1]["library"] == "-"
+
+
+def test_local_sync_and_verify_print_parseable_progress_lines_off_a_terminal(primary, lab, backup_db_privileges):
+    repos = [primary.create_library(f"p{i}", "alice@example.com") for i in range(3)]
+    for i, repo in enumerate(repos):
+        primary.commit(repo, list(bulk_files(300, 3000, seed=20 + i)))
+    done = _cmd(lab, "local-sync", *_local(lab), "--json", "--progress-interval", "0")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    copied = sum(r["commits"] + r["fs_objects"] + r["blocks"] for r in results)
+    _assert_climbs_to(_progress_lines(done.stderr), 3, copied, sum(r["bytes"] for r in results))
+
+    checked = _cmd(lab, "verify", "--no-compare", "--json", "--progress-interval", "0")
+    assert checked.returncode == 0, checked.stderr
+    reports = json.loads(checked.stdout)
+    closures = [r["closure"] for r in reports]
+    walked = sum(c["commits"] + c["fs_objects"] + c["blocks"] for c in closures)
+    _assert_climbs_to(_progress_lines(checked.stderr), 3, walked, sum(c["bytes_read"] for c in closures))
+
+    # Without --json, on a log: the same lines on stderr, the summary table on stdout.
+    again = _cmd(lab, "local-sync", *_local(lab))
+    assert again.returncode == 0 and "local-sync" in again.stdout and "progress" not in again.stdout
+    assert [f["libraries"] for f in _progress_lines(again.stderr)][-1] == "3/3"
