@@ -18,6 +18,7 @@ from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.verify import check_closure as verify_closure
 from seafbackup_lab.writer import Put, bulk_files
 from tests.conftest import root_sql
+from tests.integration.playbooks import run_module
 from tests.integration.test_agent import agents  # noqa: F401 - a fixture
 from tests.integration.test_hostile_requests import _primary_url, _wait_ready
 from tests.seafile_checks import check_closure
@@ -113,6 +114,45 @@ def test_verify_finds_a_whole_backup_ok_and_names_what_is_behind_missing_or_corr
 
     bad = _cmd(lab, "verify", "--sample", "0", work)
     assert bad.returncode == 2 and "give a fraction in (0, 1]" in bad.stderr
+
+
+def test_the_seafbackup_verify_module_returns_each_verdict_and_fails_on_a_missing_block(primary, lab,
+                                                                                       backup_db_privileges):
+    libs = _synced(primary, lab)
+    args = {"conf_dir": str(lab.backup.seafile_conf_dir), "data_dir": str(lab.backup.seafile_data_dir),
+            "agent_cmd": str(Path(sys.executable).parent / "seaf-backup-cmd"), "compare": "local",
+            "source_conf_dir": str(lab.primary.seafile_conf_dir),
+            "source_data_dir": str(lab.primary.seafile_data_dir)}
+    inventory = lab.dir / "inventory.yml"
+
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", args)
+    assert rc == 0, result
+    assert result["verdict"] == "ok" and result["counts"] == {"ok": 3, "behind": 0, "missing": 0, "corrupt": 0}
+    assert {r["repo_id"] for r in result["libraries"]} == set(libs.values()) and not result["changed"]
+    assert result["not_ok"] == []
+
+    old = primary.head(libs["limited"])
+    head = primary.commit(libs["limited"], [Put("l.txt", b"newer")])
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", args)
+    assert rc != 0 and f"{libs['limited']}: behind" in result["msg"] and head in result["msg"], result
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", {**args, "fail_on_behind": False})
+    assert rc == 0 and result["verdict"] == "behind" and result["exit_code"] == 5, result
+    assert result["not_ok"] == [f"{libs['limited']}: behind (backup at {old}, primary at {head})"]
+
+    work = libs["work"]
+    block = sorted(check_closure(lab.backup.seafile_data_dir, work, work, primary.head(work)).blocks)[0]
+    _object_path(lab, "blocks", work, block).unlink()
+    rc, result = run_module(inventory, "backup", "seafbackup_verify",
+                            {**args, "libraries": [work], "sample": 0.2, "fail_on_behind": False})
+    assert rc != 0 and result["verdict"] == "missing" and result["counts"]["missing"] == 1, result
+    assert f"{work}: missing" in result["msg"] and f"missing block {block}" in result["msg"]
+    [report] = result["libraries"]
+    assert report["closure"]["first_missing"][0]["obj_id"] == block
+
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", {**args, "sample": 0})
+    assert rc != 0 and "sample must be above 0 and at most 1" in result["msg"]
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", {**args, "compare": "primary"})
+    assert rc != 0 and result["msg"].startswith("seaf-backup-cmd verify failed: ") and result["rc"] == 2, result
 
 
 def test_verify_compares_heads_with_the_primary_over_the_signed_api(primary, lab, agents):  # noqa: F811
