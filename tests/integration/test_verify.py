@@ -191,3 +191,50 @@ def test_the_cost_of_a_full_check_per_million_objects(primary, lab, backup_db_pr
         print(f"\nverify --sample {sample}: {check.objects} objects ({check.fs_objects} fs, {check.blocks} blocks, "
               f"{check.bytes_read / 2**20:.0f} MiB read) in {seconds:.1f}s = {per_million / 60:.1f} min per "
               f"million objects")
+
+
+LIBRARY_TABLES = ("RepoOwner", "RepoInfo", "RepoSize", "RepoFileCount", "VirtualRepo", "RepoHistoryLimit",
+                  "RepoValidSince")
+
+
+def _library_rows(host, repo: str) -> dict[str, list]:
+    """The library's rows Seafile lists and serves it from, without the tables' own row ids."""
+    out = {}
+    for table in ("Repo", "Branch", "RepoHead", *LIBRARY_TABLES):
+        rows = root_sql(host, f"SELECT * FROM seafile_db.{table} WHERE repo_id='{repo}'")
+        out[table] = sorted(tuple(row[1:]) for row in rows)  # column 0 is the AUTO_INCREMENT id
+    return out
+
+
+def test_local_sync_with_library_rows_copies_every_row_a_virtual_repo_and_an_encrypted_library_need(
+        primary, lab, backup_db_privileges):
+    work = primary.create_library("work", "alice@example.com")
+    primary.put_files(work, {"shared/x.txt": b"x" * 3000, "y.txt": b"y"})
+    vrepo = primary.create_virtual_repo(work, "shared", "shared", "bob@example.com")
+    secret = primary.create_library("secret", "carol@example.com", password="s3cret")
+    primary.put_files(secret, {"s.txt": b"s"})
+    primary.set_history_limit(secret, 30)
+    primary.set_valid_since(secret, 1_700_000_000)
+    root_sql(lab.backup, f"INSERT INTO seafile_db.RepoTrash (repo_id, repo_name) VALUES ('{secret}', 'old')",
+             f"INSERT INTO seafile_db.GarbageRepos (repo_id) VALUES ('{secret}')", "COMMIT")
+
+    plain = _cmd(lab, "local-sync", *_local(lab))
+    assert plain.returncode == 0, plain.stderr
+    assert _library_rows(lab.backup, vrepo)["VirtualRepo"] == []  # without the option: objects and head only
+
+    done = _cmd(lab, "local-sync", "--with-library-rows", *_local(lab))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for repo in (work, vrepo, secret):
+        source, copied = _library_rows(lab.primary, repo), _library_rows(lab.backup, repo)
+        assert copied == source, repo
+        for table in ("Repo", "Branch", "RepoHead", "RepoOwner", "RepoInfo"):
+            assert copied[table], (repo, table)
+    [(_, origin, path, _)] = _library_rows(lab.backup, vrepo)["VirtualRepo"]
+    assert (origin, path) == (work, "/shared")
+    [(_, _, _, _, is_encrypted, *_)] = _library_rows(lab.backup, secret)["RepoInfo"]
+    assert is_encrypted == 1
+    assert _library_rows(lab.backup, secret)["RepoHistoryLimit"] == [(secret, 30)]
+    for table in ("RepoTrash", "GarbageRepos"):  # else the target's trash purge or GC would delete the copy
+        assert not root_sql(lab.backup, f"SELECT * FROM seafile_db.{table} WHERE repo_id='{secret}'")
+    verified = _cmd(lab, "verify", "--json", *_local(lab))
+    assert verified.returncode == 0 and {r["verdict"] for r in json.loads(verified.stdout)} == {"ok"}
