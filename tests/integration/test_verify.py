@@ -45,14 +45,9 @@ def _synced(primary, lab) -> dict[str, str]:
     primary.put_files(limited, {"l.txt": b"old"})
     primary.set_history_limit(limited, 30)
     primary.commit(limited, [Put("l.txt", b"new")])
-    done = _cmd(lab, "local-sync", *_local(lab))
+    # With the rows replication brings to a real backup: the virtual repo's origin and the history limit.
+    done = _cmd(lab, "local-sync", "--with-library-rows", *_local(lab))
     assert done.returncode == 0, done.stderr
-    # What replication brings to a real backup and local-sync does not copy: the rows naming the
-    # virtual repo's origin (its objects live in the origin's store) and the history limit.
-    for table in ("VirtualRepo", "RepoHistoryLimit"):
-        for row in root_sql(lab.primary, f"SELECT * FROM seafile_db.{table}"):
-            values = ", ".join("NULL" if v is None else repr(v) for v in row)
-            root_sql(lab.backup, f"REPLACE INTO seafile_db.{table} VALUES ({values})", "COMMIT")
     return {"work": work, "vrepo": vrepo, "limited": limited}
 
 
