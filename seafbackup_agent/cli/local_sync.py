@@ -11,9 +11,10 @@ from rich.console import Console
 
 from seafbackup_agent.cli.output import print_error, print_text
 from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option, summary_table
-from seafbackup_agent.errors import SeafBackupError
+from seafbackup_agent.errors import DatabaseError, SeafBackupError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.library_rows import copy_library_rows
 from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.progress import LibraryProgress
 from seafbackup_agent.sync.result import SyncError, SyncResult
@@ -32,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf-dir", default="/opt/seafile/conf", help="the target's conf dir (default %(default)s)")
     p.add_argument("--data-dir", default="/opt/seafile/seafile-data", help="the target's seafile-data dir")
     p.add_argument("--force", action="store_true", help="skip objects missing or corrupt on the source")
+    p.add_argument("--with-library-rows", action="store_true",
+                   help="also copy each library's owner, info, size, file count, virtual repo and history rows "
+                   "(between two independent installations; a paired backup gets them by replication)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_interval_option(p)
     p.add_argument("libraries", nargs="*", metavar="LIBRARY_ID")
@@ -60,11 +64,18 @@ async def _sync_all(args: argparse.Namespace, display: ProgressDisplay) -> list[
             display.started(repo, len(wanted))
             try:
                 result = await engine.sync_library(repo, force=args.force, on_progress=advanced)
-                outcomes.append(result)
-                display.finished(result.objects, result.bytes)
             except SyncError as exc:
                 outcomes.append(exc)
                 display.finished(last.objects, last.bytes)  # what it copied before failing still counts
+                continue
+            display.finished(result.objects, result.bytes)
+            if args.with_library_rows:
+                try:
+                    copy_library_rows(source_inst.rows.conn, target.rows.conn, repo)
+                except DatabaseError as exc:  # the objects and head are in; say that the rows are not
+                    outcomes.append(SyncError(repo, exc.message.removeprefix(f"library {repo}: "), hint=exc.hint))
+                    continue
+            outcomes.append(result)
         return outcomes
     finally:
         await source.close()

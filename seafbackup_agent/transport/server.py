@@ -244,6 +244,13 @@ async def _authenticate(request: web.Request, handler: Callable[[web.Request], A
     request[AUTHENTICATED] = True
     try:
         return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        # aiohttp's own answer (a path no route matches, e.g. an id with a brace) is text: keep every
+        # error of the API in one form, the JSON its clients parse.
+        response = _error(exc.status, exc.reason.lower())
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except (pymysql.MySQLError, DatabaseError) as exc:
         log.error("%s %s: database error: %s", request.method, request.path, exc)
         return _error(503, "database unavailable")

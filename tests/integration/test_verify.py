@@ -19,6 +19,7 @@ from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.verify import check_closure as verify_closure
 from seafbackup_lab.writer import Put, bulk_files
 from tests.conftest import root_sql
+from tests.integration.playbooks import run_module
 from tests.integration.test_agent import agents  # noqa: F401 - a fixture
 from tests.integration.test_hostile_requests import _primary_url, _wait_ready
 from tests.seafile_checks import check_closure
@@ -45,14 +46,9 @@ def _synced(primary, lab) -> dict[str, str]:
     primary.put_files(limited, {"l.txt": b"old"})
     primary.set_history_limit(limited, 30)
     primary.commit(limited, [Put("l.txt", b"new")])
-    done = _cmd(lab, "local-sync", *_local(lab))
+    # With the rows replication brings to a real backup: the virtual repo's origin and the history limit.
+    done = _cmd(lab, "local-sync", "--with-library-rows", *_local(lab))
     assert done.returncode == 0, done.stderr
-    # What replication brings to a real backup and local-sync does not copy: the rows naming the
-    # virtual repo's origin (its objects live in the origin's store) and the history limit.
-    for table in ("VirtualRepo", "RepoHistoryLimit"):
-        for row in root_sql(lab.primary, f"SELECT * FROM seafile_db.{table}"):
-            values = ", ".join("NULL" if v is None else repr(v) for v in row)
-            root_sql(lab.backup, f"REPLACE INTO seafile_db.{table} VALUES ({values})", "COMMIT")
     return {"work": work, "vrepo": vrepo, "limited": limited}
 
 
@@ -114,6 +110,45 @@ def test_verify_finds_a_whole_backup_ok_and_names_what_is_behind_missing_or_corr
 
     bad = _cmd(lab, "verify", "--sample", "0", work)
     assert bad.returncode == 2 and "give a fraction in (0, 1]" in bad.stderr
+
+
+def test_the_seafbackup_verify_module_returns_each_verdict_and_fails_on_a_missing_block(primary, lab,
+                                                                                       backup_db_privileges):
+    libs = _synced(primary, lab)
+    args = {"conf_dir": str(lab.backup.seafile_conf_dir), "data_dir": str(lab.backup.seafile_data_dir),
+            "agent_cmd": str(Path(sys.executable).parent / "seaf-backup-cmd"), "compare": "local",
+            "source_conf_dir": str(lab.primary.seafile_conf_dir),
+            "source_data_dir": str(lab.primary.seafile_data_dir)}
+    inventory = lab.dir / "inventory.yml"
+
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", args)
+    assert rc == 0, result
+    assert result["verdict"] == "ok" and result["counts"] == {"ok": 3, "behind": 0, "missing": 0, "corrupt": 0}
+    assert {r["repo_id"] for r in result["libraries"]} == set(libs.values()) and not result["changed"]
+    assert result["not_ok"] == []
+
+    old = primary.head(libs["limited"])
+    head = primary.commit(libs["limited"], [Put("l.txt", b"newer")])
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", args)
+    assert rc != 0 and f"{libs['limited']}: behind" in result["msg"] and head in result["msg"], result
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", {**args, "fail_on_behind": False})
+    assert rc == 0 and result["verdict"] == "behind" and result["exit_code"] == 5, result
+    assert result["not_ok"] == [f"{libs['limited']}: behind (backup at {old}, primary at {head})"]
+
+    work = libs["work"]
+    block = sorted(check_closure(lab.backup.seafile_data_dir, work, work, primary.head(work)).blocks)[0]
+    _object_path(lab, "blocks", work, block).unlink()
+    rc, result = run_module(inventory, "backup", "seafbackup_verify",
+                            {**args, "libraries": [work], "sample": 0.2, "fail_on_behind": False})
+    assert rc != 0 and result["verdict"] == "missing" and result["counts"]["missing"] == 1, result
+    assert f"{work}: missing" in result["msg"] and f"missing block {block}" in result["msg"]
+    [report] = result["libraries"]
+    assert report["closure"]["first_missing"][0]["obj_id"] == block
+
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", {**args, "sample": 0})
+    assert rc != 0 and "sample must be above 0 and at most 1" in result["msg"]
+    rc, result = run_module(inventory, "backup", "seafbackup_verify", {**args, "compare": "primary"})
+    assert rc != 0 and result["msg"].startswith("seaf-backup-cmd verify failed: ") and result["rc"] == 2, result
 
 
 def test_verify_compares_heads_with_the_primary_over_the_signed_api(primary, lab, agents):  # noqa: F811
@@ -187,3 +222,50 @@ def test_local_sync_and_verify_print_parseable_progress_lines_off_a_terminal(pri
     again = _cmd(lab, "local-sync", *_local(lab))
     assert again.returncode == 0 and "local-sync" in again.stdout and "progress" not in again.stdout
     assert [f["libraries"] for f in _progress_lines(again.stderr)][-1] == "3/3"
+
+
+LIBRARY_TABLES = ("RepoOwner", "RepoInfo", "RepoSize", "RepoFileCount", "VirtualRepo", "RepoHistoryLimit",
+                  "RepoValidSince")
+
+
+def _library_rows(host, repo: str) -> dict[str, list]:
+    """The library's rows Seafile lists and serves it from, without the tables' own row ids."""
+    out = {}
+    for table in ("Repo", "Branch", "RepoHead", *LIBRARY_TABLES):
+        rows = root_sql(host, f"SELECT * FROM seafile_db.{table} WHERE repo_id='{repo}'")
+        out[table] = sorted(tuple(row[1:]) for row in rows)  # column 0 is the AUTO_INCREMENT id
+    return out
+
+
+def test_local_sync_with_library_rows_copies_every_row_a_virtual_repo_and_an_encrypted_library_need(
+        primary, lab, backup_db_privileges):
+    work = primary.create_library("work", "alice@example.com")
+    primary.put_files(work, {"shared/x.txt": b"x" * 3000, "y.txt": b"y"})
+    vrepo = primary.create_virtual_repo(work, "shared", "shared", "bob@example.com")
+    secret = primary.create_library("secret", "carol@example.com", password="s3cret")
+    primary.put_files(secret, {"s.txt": b"s"})
+    primary.set_history_limit(secret, 30)
+    primary.set_valid_since(secret, 1_700_000_000)
+    root_sql(lab.backup, f"INSERT INTO seafile_db.RepoTrash (repo_id, repo_name) VALUES ('{secret}', 'old')",
+             f"INSERT INTO seafile_db.GarbageRepos (repo_id) VALUES ('{secret}')", "COMMIT")
+
+    plain = _cmd(lab, "local-sync", *_local(lab))
+    assert plain.returncode == 0, plain.stderr
+    assert _library_rows(lab.backup, vrepo)["VirtualRepo"] == []  # without the option: objects and head only
+
+    done = _cmd(lab, "local-sync", "--with-library-rows", *_local(lab))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for repo in (work, vrepo, secret):
+        source, copied = _library_rows(lab.primary, repo), _library_rows(lab.backup, repo)
+        assert copied == source, repo
+        for table in ("Repo", "Branch", "RepoHead", "RepoOwner", "RepoInfo"):
+            assert copied[table], (repo, table)
+    [(_, origin, path, _)] = _library_rows(lab.backup, vrepo)["VirtualRepo"]
+    assert (origin, path) == (work, "/shared")
+    [(_, _, _, _, is_encrypted, *_)] = _library_rows(lab.backup, secret)["RepoInfo"]
+    assert is_encrypted == 1
+    assert _library_rows(lab.backup, secret)["RepoHistoryLimit"] == [(secret, 30)]
+    for table in ("RepoTrash", "GarbageRepos"):  # else the target's trash purge or GC would delete the copy
+        assert not root_sql(lab.backup, f"SELECT * FROM seafile_db.{table} WHERE repo_id='{secret}'")
+    verified = _cmd(lab, "verify", "--json", *_local(lab))
+    assert verified.returncode == 0 and {r["verdict"] for r in json.loads(verified.stdout)} == {"ok"}
