@@ -11,7 +11,6 @@ import signal
 import time
 
 from seafbackup_agent.seafile.installation import SeafileInstallation
-from seafbackup_agent.seafile.staging import STAGING_DIR
 from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.closure import check_library
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
@@ -31,16 +30,23 @@ def _objects_stored(lab, repo: str) -> int:
     return sum(1 for kind in ("fs", "blocks") for p in (storage / kind / repo).rglob("*") if p.is_file())
 
 
-def _wait_for_staging(lab, timeout: float = 10) -> bool:
-    """Until this run has staged an object (a new staging directory with a file in it); False if it has
-    not within `timeout` (the kill then comes during start-up)."""
-    staging = lab.backup.seafile_data_dir / "storage" / STAGING_DIR
-    before = set(staging.glob("*"))
+def _primary_log_size(agents) -> int:
+    return (agents.tmp / "primary-agent.log").stat().st_size
+
+
+def _wait_for_copying(agents, since: int, timeout: float = 10) -> bool:
+    """Until the primary's agent logs a request for blocks after `since` (its log's size when the backup
+    agent was started): the backup agent is copying. False if not within `timeout` (the kill then comes
+    during start-up)."""
     deadline = time.monotonic() + timeout
-    while not any(d.is_dir() and any(d.iterdir()) for d in set(staging.glob("*")) - before):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
+    with open(agents.tmp / "primary-agent.log", "rb") as fh:
+        fh.seek(since)
+        tail = b""
+        while b"/blocks" not in tail:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+            tail = tail[-100:] + fh.read()
     return True
 
 
@@ -56,25 +62,35 @@ def test_kill_9_at_random_points_of_first_syncs(primary, lab, agents):
         repos.append(repo)
 
     started = time.monotonic()
-    for files in (600, 30, 600, 30):
+    # Two small libraries synchronized first: their heads move during the kills (incremental syncs).
+    for files in (30, 30):
         add_library(files)
-    print(f"libraries written in {time.monotonic() - started:.1f}s")
     agents.start("primary")
-    verified: set[tuple[str, str]] = set()
+    agents.start("backup")
+    agents.wait_synchronized(2)
+    agents.stop("backup", signal.SIGKILL)
+    for files in (1000, 1000):
+        add_library(files)
+    print(f"libraries written and the small ones synchronized in {time.monotonic() - started:.1f}s")
+    verified = set(assert_published_heads_restorable(lab).items())
     resumed = 0  # kills after which a library without a head kept copied objects
     mid_copy = 0  # kills that came after the run had begun copying
+    moves = 0  # head moves published during the kills
     for point in range(KILL_POINTS):
-        if point % 5 == 4:  # an incremental sync too, for the kills to come
-            primary.commit(repos[point % len(repos)], list(bulk_files(20, 2000, seed=point, prefix=f"more{point}")))
+        if point % 2 == 0:
+            repo = repos[point // 2 % 2]
+            primary.commit(repo, list(bulk_files(20, 2000, seed=point, prefix=f"more{point}")))
         if all(r in published_heads(lab) for r in repos):
-            add_library(600)  # a first sync for the kills to come
+            add_library(1000)  # a first sync for the kills to come
+        since = _primary_log_size(agents)
         agents.start("backup")
         # Killed at a random point once copying has begun (how long start-up takes depends on the machine).
-        mid_copy += _wait_for_staging(lab)
+        mid_copy += _wait_for_copying(agents, since)
         time.sleep(rng.uniform(0.0, 1.0))
         agents.stop("backup", signal.SIGKILL)
 
         heads = published_heads(lab)
+        moves += len(set(heads.items()) - verified)
         assert_published_heads_restorable(lab, skip=verified)  # objects are never removed: checked once
         verified |= set(heads.items())
         left = leftovers(lab.backup.seafile_data_dir)
@@ -86,7 +102,7 @@ def test_kill_9_at_random_points_of_first_syncs(primary, lab, agents):
             resumed += 1
         print(f"kill {point} at {time.monotonic() - started:.1f}s: {len(heads)}/{len(repos)} published, "
               f"{len(left.staged)} staged files ({left.staged_bytes} bytes)")
-    print(f"{mid_copy} kills during a copy, {resumed} with a first sync's progress kept")
+    print(f"{mid_copy} kills during a copy, {resumed} with a first sync's progress kept, {moves} heads published")
     assert mid_copy >= KILL_POINTS - 5, f"only {mid_copy} kills came during a copy"
     assert resumed >= 3, "first syncs never kept their progress across a kill"
 
