@@ -14,6 +14,7 @@ from aiohttp import web
 from seafbackup_agent.config import SeafileConf, load_seafile_conf
 from seafbackup_agent.errors import ConfigError
 from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.staging import staging_bases, sweep_dead
 from seafbackup_agent.service.backup import BackupOptions, BackupService
 from seafbackup_agent.service.binlog import BinlogChangeDetector, default_server_id
 from seafbackup_agent.service.contact import PrimaryContact
@@ -133,6 +134,10 @@ async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop:
     assert conf.backup is not None
     settings = conf.backup
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for base in staging_bases(installation.data_dir / "storage"):  # what killed runs left, before anything else
+        removed = await asyncio.to_thread(sweep_dead, base)
+        if removed:
+            log.info("removed %d staging directories of earlier runs from %s", removed, base)
     state = StateStore(settings.state_dir / "state.sqlite")
     metrics = AgentMetrics()
     source = HttpSource.from_conf(conf, **_client_options(conf))

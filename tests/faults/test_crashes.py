@@ -174,3 +174,19 @@ def test_a_long_copy_places_what_it_copied_as_it_goes(primary, lab, backup_db_pr
     finally:
         source_inst.close()
         target.close()
+
+
+def test_the_backup_agent_sweeps_what_dead_runs_staged_when_it_starts(lab, agents):
+    """A killed run's staging directory goes at the next start, also when that start has nothing to copy."""
+    base = lab.backup.seafile_data_dir / "storage/.seafbackup-staging"
+    dead = base / "999999-deadbeef"
+    dead.mkdir(parents=True)
+    (dead / "0123456789abcdef0123456789abcdef01234567.tmp").write_bytes(b"x" * 1000)
+    (base / "999999-deadbeef.lock").write_bytes(b"")  # its owner is gone: nobody holds the lock
+    agents.start("primary")
+    agents.start("backup")
+    deadline = time.monotonic() + 10
+    while dead.exists():
+        assert time.monotonic() < deadline, "the dead run's staging directory is still there"
+        time.sleep(0.05)
+    assert not (base / "999999-deadbeef.lock").exists()
