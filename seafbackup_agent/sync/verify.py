@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from seafbackup_agent.seafile.ids import EMPTY_ID
+from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.objects import FormatError, SeafDir, parse_commit, parse_fs_object, verify_block
 from seafbackup_agent.seafile.storage import ObjectStore, ObjType
 
@@ -73,6 +74,10 @@ class ClosureCheck:
     @property
     def objects(self) -> int:
         return self.commits + self.fs_objects + self.blocks
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt
 
     def _bad(self, kind: str, obj_id: str, reason: str, *, missing: bool) -> None:
         if missing:
@@ -178,6 +183,15 @@ def check_closure(
     if progress is not None:
         progress(check)
     return check
+
+
+def check_library(installation: SeafileInstallation, repo_id: str) -> ClosureCheck | None:
+    """The closure of a library's head on an installation, per its own rows (`Branch`, `VirtualRepo`, history
+    limit); None when the library has no head there."""
+    meta = installation.rows.meta(repo_id)
+    if meta is None:
+        return None
+    return check_closure(installation.store, repo_id, meta.store_id, meta.head, truncate_time=meta.truncate_time)
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from seafbackup_agent.seafile.ids import is_object_file_name
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.staging import STAGING_DIR, staging_files
-from seafbackup_agent.sync.closure import check_library
+from seafbackup_agent.sync.verify import check_library
 from tests.conftest import root_sql
 
 
@@ -29,7 +29,8 @@ def assert_published_heads_restorable(lab, *, skip: set[tuple[str, str]] = froze
                 continue
             report = check_library(installation, repo_id)
             assert report is not None and report.head == head
-            assert report.ok, f"{repo_id} at {head}: missing {report.missing[:3]}, corrupt {report.corrupt[:3]}"
+            assert report.ok, (f"{repo_id} at {head}: missing {report.first_missing[:3]}, "
+                               f"corrupt {report.first_corrupt[:3]}")
     finally:
         installation.close()
     return heads

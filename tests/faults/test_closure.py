@@ -1,4 +1,4 @@
-"""The closure check (`seafbackup_agent.sync.closure`) that the fault tests (and `verify`) rely on: it
+"""The closure check (`seafbackup_agent.sync.verify`) that the fault tests (and `verify`) rely on: it
 agrees with the independent checker of tests/seafile_checks.py and names what is missing or corrupt."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
-from seafbackup_agent.sync.closure import check_closure, check_library
 from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.source import LocalSource
+from seafbackup_agent.sync.verify import check_closure, check_library
 from seafbackup_lab.writer import Put
 from tests.conftest import root_sql
 from tests.seafile_checks import check_closure as independent_closure
@@ -74,6 +74,6 @@ def test_missing_and_corrupt_objects_are_named(primary, lab, backup_inst):
 
     report = check_closure(store, repo, repo, head)
     assert not report.ok
-    assert [(b.obj_type, b.obj_id) for b in report.missing] == [(ObjType.BLOCKS, block)]
-    assert [(b.obj_type, b.obj_id) for b in report.corrupt] == [(ObjType.FS, fs_obj)]
-    assert "does not match its id" in report.corrupt[0].reason and report.corrupt[0].commit_id in closure.commits
+    assert [(b.kind, b.obj_id) for b in report.first_missing] == [("block", block)]
+    assert [(b.kind, b.obj_id) for b in report.first_corrupt] == [("fs", fs_obj)]
+    assert "does not match its id" in report.first_corrupt[0].reason

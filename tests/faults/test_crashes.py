@@ -12,9 +12,9 @@ import time
 
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
-from seafbackup_agent.sync.closure import check_library
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.source import LocalSource
+from seafbackup_agent.sync.verify import check_library
 from seafbackup_lab.writer import bulk_files
 from tests.faults.checks import assert_published_heads_restorable, leftovers, published_heads
 from tests.seafile_checks import Closure, check_closure, check_tree, head_files
