@@ -17,7 +17,7 @@ import pymysql
 from seafbackup_agent.config import DatabaseSettings
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.service.freshness import FreshnessTracker
-from seafbackup_agent.service.heartbeat import read_db_heartbeat
+from seafbackup_agent.service.heartbeat import DbHeartbeatReader
 from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.transport.errors import ProtocolError, failure_kind
 
@@ -43,17 +43,22 @@ class PrimaryContact:
         self.request_poll = request_poll
         self.database = database
         self.marker_database = marker_database
+        self._db_reader = DbHeartbeatReader(database, marker_database) if database is not None else None
         self.clock_offset_low: float | None = None
         """A lower bound of (backup clock - primary clock), from the last heartbeat's round trip."""
         self.db_lag: DbLag | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.pull_once()
-            if self.database is not None:
-                await self.measure_db_lag()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        try:
+            while not stop.is_set():
+                await self.pull_once()
+                if self._db_reader is not None:
+                    await self.measure_db_lag()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        finally:
+            if self._db_reader is not None:
+                await asyncio.to_thread(self._db_reader.close)
 
     async def pull_once(self) -> None:
         tracker = self.tracker
@@ -81,10 +86,10 @@ class PrimaryContact:
             self.request_poll()
 
     async def measure_db_lag(self) -> None:
-        assert self.database is not None
+        assert self._db_reader is not None
         now = time.time()
         try:
-            beat_at = await asyncio.to_thread(read_db_heartbeat, self.database, self.marker_database)
+            beat_at = await asyncio.to_thread(self._db_reader.read)
         except (pymysql.MySQLError, SeafBackupError) as exc:
             message = exc.args[-1] if isinstance(exc, pymysql.MySQLError) and exc.args else exc
             self.db_lag = DbLag(None, f"cannot read {self.marker_database}.heartbeat on the backup's database: "

@@ -262,15 +262,21 @@ class FreshnessTracker:
 
     def _judge(self, now: float) -> tuple[PairingState, str | None, float | None]:
         lost = self._contact_lost_since
-        if lost is not None and now - lost >= self.stale_after and self.contact is not None:
+        primary = self.primary
+        required = self._poll_required_since
+        evidence_age = None if self.newest_evidence is None else now - self.newest_evidence
+        problem_old = primary is not None and primary.problem_since is not None \
+            and now - primary.problem_since >= self.stale_after
+        if lost is not None and self.contact is not None and (
+                now - lost >= self.stale_after or problem_old
+                or (evidence_age is not None and evidence_age >= self.stale_after)):
+            # While there is no contact, what the primary said before is old news: the lost contact is the why.
             return PairingState.STALE, f"no contact with the primary's agent since {_clock(lost)}: " \
                                        f"{self.contact.error}", lost
-        primary = self.primary
-        if primary is not None and primary.problem_since is not None \
-                and now - primary.problem_since >= self.stale_after:
+        if problem_old:
+            assert primary is not None and primary.problem_since is not None
             return (PairingState.STALE, f"the primary's agent reports since {_clock(primary.problem_since)}: "
                                         f"{primary.problem}", primary.problem_since)
-        required = self._poll_required_since
         if required is not None and self.newest_evidence is not None and now - required >= self.stale_after:
             return PairingState.STALE, f"the primary's agent restarted at about {_clock(required)} and the full " \
                                        "poll that must follow has not finished", required
@@ -281,13 +287,11 @@ class FreshnessTracker:
                 else PairingState.STARTING
             return state, f"waiting for {waiting} the primary's agent (started {_clock(self.started_at)}){problem}", \
                 self.started_at
-        age = now - self.newest_evidence
-        if age >= self.stale_after:
-            reason = f"no evidence from the primary's agent for {age:.0f}s (the newest covers " \
-                     f"{_clock(self.newest_evidence)})"
-            if lost is not None and self.contact is not None:  # the likely why, even if lost for less long
-                reason = f"no contact with the primary's agent since {_clock(lost)}: {self.contact.error}; {reason}"
-            return PairingState.STALE, reason, self.newest_evidence
+        assert evidence_age is not None
+        if evidence_age >= self.stale_after:
+            return (PairingState.STALE,
+                    f"no evidence from the primary's agent for {evidence_age:.0f}s (the newest covers "
+                    f"{_clock(self.newest_evidence)})", self.newest_evidence)
         return PairingState.OK, None, None
 
 

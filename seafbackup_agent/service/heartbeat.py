@@ -189,13 +189,31 @@ class DbHeartbeat:
             self._conn = None
 
 
-def read_db_heartbeat(database: DatabaseSettings, marker_database: str) -> float | None:
-    """The newest `beat_at` replicated to this database server (None when there is no row yet)."""
-    conn = connect(database)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT MAX(beat_at) FROM `{marker_database}`.`{DB_HEARTBEAT_TABLE}`")
-            row = cur.fetchone()
+class DbHeartbeatReader:
+    """Reads the newest `beat_at` replicated to this database server, on one connection kept between reads
+    (a new one each second cost more CPU than the rest of the heartbeat: PyMySQL loads the system's CA
+    certificates for each). Used from one thread at a time."""
+
+    def __init__(self, database: DatabaseSettings, marker_database: str) -> None:
+        self.database = database
+        self.marker_database = marker_database
+        self._conn: pymysql.connections.Connection | None = None
+
+    def read(self) -> float | None:
+        """None when no row has arrived yet; raises the database's error (and reconnects next time)."""
+        try:
+            if self._conn is None:
+                self._conn = connect(self.database)
+            with self._conn.cursor() as cur:
+                cur.execute(f"SELECT MAX(beat_at) FROM `{self.marker_database}`.`{DB_HEARTBEAT_TABLE}`")
+                row = cur.fetchone()
+        except BaseException:
+            self.close()
+            raise
         return float(row[0]) if row and row[0] is not None else None
-    finally:
-        conn.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None

@@ -125,12 +125,18 @@ def test_primary_cut_off_mid_sync_leaves_the_library_behind_and_the_backup_stale
         assert proxy.triggered.wait(10), "the backup never asked for the moved library"
         agents.stop("primary")
         doc, _ = wait_for("backup stale", status_when(agents, lambda d: d["pairing"]["state"] == "stale"),
-                                timeout=5 + 5)
+                          timeout=5 + 5)
         libraries = {lib["repo_id"]: lib for lib in doc["libraries"]}
         assert libraries[moving]["behind"] is True and libraries[moving]["state"] in ("waiting", "syncing", "failed")
         assert libraries[moving]["primary_head"] == new_head
         assert libraries[quiet]["state"] == "unknown" and libraries[quiet]["last_known_state"] == "synchronized"
         assert doc["exit_code"] == STALE and "no contact" in doc["pairing"]["reason"]
+        # Its sync gives up (primary unreachable): failed and still behind; the bound then covers the others.
+        doc, _ = wait_for("the moved library failed", status_when(
+            agents, lambda d: {lib["repo_id"]: lib["state"] for lib in d["libraries"]}[moving] == "failed"),
+            timeout=30)
+        libraries = {lib["repo_id"]: lib for lib in doc["libraries"]}
+        assert libraries[moving]["behind"] is True and "unreachable" in libraries[moving]["reason"]
         assert _backup_head(lab, moving) != new_head
         # The RPO bound keeps growing: it is never lower than the time since the backup had evidence.
         bound = doc["pairing"]["rpo_bound_seconds"]
