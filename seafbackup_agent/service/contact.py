@@ -81,7 +81,8 @@ class PrimaryContact:
         if regained:
             log.info("primary agent reachable again: catching up with a full poll")
         if not same_instance:
-            log.info("the primary's agent is a new instance: catching up with a full poll")
+            log.info("the primary's agent is an instance not seen before (%s): catching up with a full poll",
+                     doc["instance"])
         if regained or not same_instance:
             self.request_poll()
 

@@ -203,7 +203,9 @@ class FreshnessTracker:
         than `age` seconds before it answered has been delivered here. False when it shows a new primary
         instance (the caller polls at once)."""
         now = self.clock()
-        new_instance = self.primary is not None and self.primary.instance != instance
+        # An instance not seen before (also the first one: it may have restarted since our last poll, and what
+        # it did not see before its start is unknown) proves nothing until a full poll begun after now.
+        new_instance = self.primary is None or self.primary.instance != instance
         if new_instance:
             self._poll_required_since = now
         self.primary = PrimaryReport(instance, detector, pending, problem,
@@ -280,8 +282,8 @@ class FreshnessTracker:
         if required is not None and self.newest_evidence is not None and now - required >= self.stale_after:
             return PairingState.STALE, f"the primary's agent restarted at about {_clock(required)} and the full " \
                                        "poll that must follow has not finished", required
-        if self.newest_evidence is None:
-            waiting = "the first contact with" if self.primary is None else "the first full poll of"
+        if self.newest_evidence is None or self.primary is None:
+            waiting = "the first heartbeat of" if self.primary is None else "the first full poll of"
             problem = f"; last attempt: {self.contact.error}" if self.contact and not self.contact.ok else ""
             state = PairingState.STALE if now - self.started_at >= self.stale_after and problem \
                 else PairingState.STARTING

@@ -116,7 +116,7 @@ def test_kill_9_at_random_points_of_first_syncs(primary, lab, agents):
         assert head_files(lab.backup.seafile_data_dir, repo, repo, primary.head(repo)) == head_files(
             lab.primary.seafile_data_dir, repo, repo, primary.head(repo))
     left = leftovers(lab.backup.seafile_data_dir)
-    assert left.strays == [] and left.staged == [] and len(left.owners) == 1  # the running agent's, empty
+    assert left.strays == [] and left.staged == [] and len(left.owners) <= 1  # the running agent's, empty
 
 
 class StallingSource(LocalSource):

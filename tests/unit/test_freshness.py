@@ -126,3 +126,19 @@ def test_no_evidence_at_all_is_starting_then_stale_with_the_last_error():
     snapshot = tracker.snapshot()
     assert snapshot.state is PairingState.STALE and "sync_token differs" in snapshot.reason
     assert snapshot.current_as_of is None and snapshot.rpo_bound_seconds is None
+
+
+def test_the_first_heartbeat_after_a_poll_needs_a_poll_of_its_own():
+    """The primary's agent may have restarted between the start-up poll and its first heartbeat: what it did not
+    see is unknown until a poll begun after that heartbeat (the flaw a full test run found)."""
+    clock = Clock()
+    tracker = FreshnessTracker(stale_after=5, clock=clock)
+    tracker.poll_finished(tracker.poll_started())  # the start-up poll, before any heartbeat answered
+    assert tracker.snapshot().state is PairingState.STARTING  # no heartbeat: real time is not shown to work
+    clock.now = 1001
+    assert beat(tracker, clock) is False  # an instance not seen before: the caller polls at once
+    clock.now = 1002
+    beat(tracker, clock)
+    assert tracker.current_as_of == 1000.0
+    tracker.poll_finished(tracker.poll_started())
+    assert tracker.current_as_of == 1002.0 and tracker.snapshot().state is PairingState.OK
