@@ -34,7 +34,7 @@ class DbLag:
 
 class PrimaryContact:
     def __init__(self, pull: Callable[[], Any], tracker: FreshnessTracker, metrics: AgentMetrics, *,
-                 interval: float, request_poll: Callable[[], None], database: DatabaseSettings | None = None,
+                 interval: float, request_poll: Callable[..., None], database: DatabaseSettings | None = None,
                  marker_database: str = "seafbackup") -> None:
         self.pull = pull
         self.tracker = tracker
@@ -84,7 +84,8 @@ class PrimaryContact:
             log.info("the primary's agent is an instance not seen before (%s): catching up with a full poll",
                      doc["instance"])
         if regained or not same_instance:
-            self.request_poll()
+            # After an outage, failed libraries are retried at once too (they most likely failed on it).
+            self.request_poll(retry_failed=regained)
 
     async def measure_db_lag(self) -> None:
         assert self._db_reader is not None
