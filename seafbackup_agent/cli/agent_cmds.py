@@ -16,6 +16,7 @@ from seafbackup_agent.cli.output import print_error, print_text
 from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.errors import ConfigError, SeafBackupError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
+from seafbackup_agent.service.freshness import clock_text
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +67,7 @@ def run_agent(args: argparse.Namespace, console: Console) -> int:
 
 
 def _when(t: float | None) -> str:
-    return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    return "never" if t is None else clock_text(t)
 
 
 def _noted(line: str, note: str | None) -> str:

@@ -273,29 +273,30 @@ class FreshnessTracker:
                 now - lost >= self.stale_after or problem_old
                 or (evidence_age is not None and evidence_age >= self.stale_after)):
             # While there is no contact, what the primary said before is old news: the lost contact is the why.
-            return PairingState.STALE, f"no contact with the primary's agent since {_clock(lost)}: " \
+            return PairingState.STALE, f"no contact with the primary's agent since {clock_text(lost)}: " \
                                        f"{self.contact.error}", lost
         if problem_old:
             assert primary is not None and primary.problem_since is not None
-            return (PairingState.STALE, f"the primary's agent reports since {_clock(primary.problem_since)}: "
+            return (PairingState.STALE, f"the primary's agent reports since {clock_text(primary.problem_since)}: "
                                         f"{primary.problem}", primary.problem_since)
         if required is not None and self.newest_evidence is not None and now - required >= self.stale_after:
-            return PairingState.STALE, f"the primary's agent restarted at about {_clock(required)} and the full " \
+            return PairingState.STALE, f"the primary's agent restarted at about {clock_text(required)} and the full " \
                                        "poll that must follow has not finished", required
         if self.newest_evidence is None or self.primary is None:
             waiting = "the first heartbeat of" if self.primary is None else "the first full poll of"
             problem = f"; last attempt: {self.contact.error}" if self.contact and not self.contact.ok else ""
             state = PairingState.STALE if now - self.started_at >= self.stale_after and problem \
                 else PairingState.STARTING
-            return state, f"waiting for {waiting} the primary's agent (started {_clock(self.started_at)}){problem}", \
-                self.started_at
+            started = clock_text(self.started_at)
+            return state, f"waiting for {waiting} the primary's agent (started {started}){problem}", self.started_at
         assert evidence_age is not None
         if evidence_age >= self.stale_after:
             return (PairingState.STALE,
                     f"no evidence from the primary's agent for {evidence_age:.0f}s (the newest covers "
-                    f"{_clock(self.newest_evidence)})", self.newest_evidence)
+                    f"{clock_text(self.newest_evidence)})", self.newest_evidence)
         return PairingState.OK, None, None
 
 
-def _clock(t: float) -> str:
+def clock_text(t: float) -> str:
+    """A unix time as the agents print it (local time, to the second)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))

@@ -76,14 +76,20 @@ class Agents:
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}-agent.log").read_text()
 
+    def __enter__(self) -> Agents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Kill what still runs and take the [backup] sections away again."""
+        for name in list(self.procs):
+            self.stop(name, signal.SIGKILL)
+        unpair_agents(self.lab)
+
 
 @pytest.fixture
 def agents(lab, backup_db_privileges, tmp_path):
-    a = Agents(lab, tmp_path)
-    yield a
-    for name in list(a.procs):
-        a.stop(name, signal.SIGKILL)
-    unpair_agents(lab)
+    with Agents(lab, tmp_path) as a:
+        yield a
 
 
 def _backup_head(lab, repo):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -23,13 +22,8 @@ STALE = 5
 
 @pytest.fixture
 def agents(lab, backup_db_privileges, tmp_path):
-    from seafbackup_lab.lab import unpair_agents
-
-    a = Agents(lab, tmp_path, poll_hours=1)
-    yield a
-    for name in list(a.procs):
-        a.stop(name, signal.SIGKILL)
-    unpair_agents(lab)
+    with Agents(lab, tmp_path, poll_hours=1) as a:
+        yield a
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> tuple[T, float]:
