@@ -149,6 +149,8 @@ class BackupService:
         for repo_id, head in primary_heads.items():
             if backup_heads.get(repo_id) != head:
                 status = self.state.get(repo_id)
+                if status and status.primary_head == head and (repo_id in self._queued or repo_id in self._running):
+                    continue  # already on its way to this head (a running sync read it when it started)
                 if not retry_failed and status and status.state is LibraryState.FAILED and status.primary_head == head:
                     self.freshness.failed(repo_id)  # behind, retried on its own schedule
                     continue
