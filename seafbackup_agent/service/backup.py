@@ -57,6 +57,8 @@ class BackupService:
         self._queued: set[str] = set()
         self._forced: set[str] = set()
         self._running: set[str] = set()
+        self._toward: dict[str, str | None] = {}
+        """running library -> the primary's head its sync read (None: deleted there); absent until read"""
         self._rerun: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self.first_poll_done = asyncio.Event()
@@ -91,7 +93,18 @@ class BackupService:
         # own schedule (re-notifications must not bypass the backoff and multiply attempts).
         if status and head is not None and status.primary_head == head and status.state is not LibraryState.WAITING:
             return
+        if head is not None and self._on_its_way(repo_id, head):
+            return
         self.enqueue(repo_id, head)
+
+    def _on_its_way(self, repo_id: str, head: str) -> bool:
+        """A sync that will copy `head` (or a newer one), seen on the primary before now, is queued or running:
+        a queued sync and a running one that has not read the primary's head yet read it after now."""
+        if repo_id in self._queued:
+            return True
+        if repo_id in self._running:
+            return repo_id not in self._toward or self._toward[repo_id] == head
+        return False
 
     async def sync_now(self, repo_id: str, *, force: bool) -> dict:
         """`seaf-backup-cmd sync`: queue the library and wait until a worker has finished it."""
@@ -148,9 +161,9 @@ class BackupService:
         await asyncio.to_thread(self.state.record_synchronized, in_sync)
         for repo_id, head in primary_heads.items():
             if backup_heads.get(repo_id) != head:
+                if self._on_its_way(repo_id, head):
+                    continue
                 status = self.state.get(repo_id)
-                if status and status.primary_head == head and (repo_id in self._queued or repo_id in self._running):
-                    continue  # already on its way to this head (a running sync read it when it started)
                 if not retry_failed and status and status.state is LibraryState.FAILED and status.primary_head == head:
                     self.freshness.failed(repo_id)  # behind, retried on its own schedule
                     continue
@@ -223,6 +236,7 @@ class BackupService:
                     outcome = await self._sync_one(repo_id, force, target)
                 finally:
                     self._running.discard(repo_id)
+                    self._toward.pop(repo_id, None)
                     self.progress.finish(repo_id, done=repo_id not in self._rerun and repo_id not in self._queued)
                     self.freshness.sync_finished(repo_id, ok=outcome["ok"])
                 if repo_id in self._rerun:
@@ -245,7 +259,8 @@ class BackupService:
                 target = await asyncio.to_thread(self.open_target)
             engine = SyncEngine(self.source, target, self.engine_options, block_slots=self._block_slots)
             result: SyncResult = await engine.sync_library(repo_id, force=force,
-                                                           on_progress=self.progress.start(repo_id))
+                                                           on_progress=self.progress.start(repo_id),
+                                                           on_head=lambda head: self._heading_to(repo_id, head))
         except SeafBackupError as exc:
             reason = str(exc)
             self.state.failed(repo_id, reason)
@@ -277,6 +292,11 @@ class BackupService:
             "seconds": round(result.duration, 3),
             "target": target,
         }
+
+    def _heading_to(self, repo_id: str, head: str | None) -> None:
+        """The running sync of `repo_id` read the primary's head: what it copies toward, also when it fails."""
+        self._toward[repo_id] = head
+        self.state.heading_to(repo_id, head)
 
     def update_gauges(self) -> None:
         """The per-state gauges, from the state store: two scans of its table, so computed when they are

@@ -81,6 +81,9 @@ class StateStore:
             (repo_id, primary_head, now),
         )
 
+    def heading_to(self, repo_id: str, primary_head: str | None) -> None:
+        self.db.execute("UPDATE library SET primary_head=? WHERE repo_id=?", (primary_head, repo_id))
+
     def syncing(self, repo_id: str) -> None:
         self.db.execute("UPDATE library SET state='syncing' WHERE repo_id=?", (repo_id,))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from seafbackup_agent.errors import StorageError
@@ -103,28 +103,35 @@ class SyncEngine:
         self._block_slots = block_slots or asyncio.Semaphore(self.options.block_concurrency)
 
     async def sync_library(
-        self, repo_id: str, *, force: bool = False, on_progress: ProgressCallback | None = None
+        self, repo_id: str, *, force: bool = False, on_progress: ProgressCallback | None = None,
+        on_head: Callable[[str | None], None] | None = None,
     ) -> SyncResult:
-        """`on_progress` is called with the library's live counters each time objects are staged."""
+        """`on_progress` is called with the library's live counters each time objects are staged; `on_head`
+        with the source's head this sync copies toward (None: deleted there), as soon as it is read."""
         started = time.monotonic()
         progress = LibraryProgress(repo_id)
         try:
             try:
-                result = await self._sync(repo_id, force=force, deep=False, progress=progress, on_progress=on_progress)
+                result = await self._sync(repo_id, force=force, deep=False, progress=progress, on_progress=on_progress,
+                                          on_head=on_head)
             except GCConflict as exc:
                 log.warning("library %s: %s; redoing with a full check", repo_id, exc.message)
-                result = await self._sync(repo_id, force=force, deep=True, progress=progress, on_progress=on_progress)
+                result = await self._sync(repo_id, force=force, deep=True, progress=progress, on_progress=on_progress,
+                                          on_head=on_head)
         except (HeadMovedConflict, StorageError) as exc:
             raise SyncError(repo_id, exc.message, hint=exc.hint) from exc
         result.duration = time.monotonic() - started
         return result
 
     async def _sync(self, repo_id: str, *, force: bool, deep: bool, progress: LibraryProgress,
-                    on_progress: ProgressCallback | None) -> SyncResult:
+                    on_progress: ProgressCallback | None,
+                    on_head: Callable[[str | None], None] | None) -> SyncResult:
         await asyncio.to_thread(self.target.reconnect_if_gone)
         rows = self.target.rows
         old_head = await asyncio.to_thread(rows.head, repo_id)
         meta = await self.source.library(repo_id)
+        if on_head is not None:
+            on_head(None if meta is None else meta.head)
         if meta is None:
             if old_head is None:
                 return SyncResult(repo_id, Outcome.UNCHANGED, None, None)

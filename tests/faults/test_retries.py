@@ -4,6 +4,7 @@ primary re-notifies, and a forced sync across a rewound history is recorded as f
 from __future__ import annotations
 
 import asyncio
+import time
 
 from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.transport.client import NotifyClient
@@ -42,8 +43,22 @@ def test_re_notifications_of_a_failing_head_do_not_add_attempts(primary, lab, ag
     # One real attempt more, asked for by hand: it runs after whatever the notifications started.
     result = agents.cmd("sync", bad, check=False)
     assert result.returncode == 1 and "does not match its id" in result.stderr
+    # The next periodic poll finds the library failed at the primary's head: retried on its backoff, not now.
+    after_sync = time.time()
+    _wait_poll_finished_after(agents, after_sync)
     lib = _library(agents, bad)
-    assert lib["state"] == "failed" and lib["attempts"] == 2, lib
+    assert lib["state"] == "failed" and lib["attempts"] == 2, (lib, agents.log("backup")[-3000:])
+    assert lib["primary_head"] == primary.head(bad)
+
+
+def _wait_poll_finished_after(agents, moment: float, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last_poll = agents.status().get("last_poll")
+        if last_poll is not None and last_poll > moment:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no poll finished after the sync: {agents.log('backup')[-2000:]}")
 
 
 def test_forced_sync_across_a_rewound_history_is_recorded_as_forced(primary, lab, agents):
