@@ -131,6 +131,9 @@ def rpo(lab: Lab, plan: Plan, work: Path, log) -> dict:
                           control_socket=str(agents.work / "state/agent.sock"))
             wall = time.monotonic() - t0
             cpu = {n: round((cpu_seconds(agents.pid(n)) - cpu0[n]) / wall, 3) for n in agents.procs}
+            # CPU per head move: the figure that does not depend on this machine's other work (wall time does).
+            cpu_per_move = {n: round((cpu_seconds(agents.pid(n)) - cpu0[n]) / run.commits * 1000, 2)
+                            for n in agents.procs}
             cpu["writer"] = round((cpu_seconds(os.getpid()) - writer0) / wall, 3)
             cpu["machine"] = round((machine_busy_seconds() - machine0) / wall, 3)
             lat = run.latencies
@@ -140,11 +143,13 @@ def rpo(lab: Lab, plan: Plan, work: Path, log) -> dict:
                 "p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
                 "max": max(lat) if lat else float("nan"), "latencies": lat,
                 "writer_commit_p50": percentile(run.commit_seconds, 50), "agent_cpu_share": cpu,
+                "cpu_ms_per_move": cpu_per_move,
                 "bound_samples": run.bound_samples, "bound_below_measured": run.bound_below_measured,
                 "bound_slack_p50": percentile(run.bound_slack, 50), "bound_slack_p99": percentile(run.bound_slack, 99),
             })
             log(f"  p50 {points[-1]['p50']:.3f}s p99 {points[-1]['p99']:.3f}s max {points[-1]['max']:.3f}s "
-                f"achieved {run.achieved_rate:.1f}/s cpu {cpu}; RPO bound: {run.bound_samples} samples, "
+                f"achieved {run.achieved_rate:.1f}/s cpu {cpu} ms/move {cpu_per_move}; "
+                f"RPO bound: {run.bound_samples} samples, "
                 f"{run.bound_below_measured} below the measured RPO, slack p50 {points[-1]['bound_slack_p50']:.3f}s")
         rss = _agents_rss(agents)
     finally:
