@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import pymysql
+
 from seafbackup_agent.errors import StorageError
 from seafbackup_agent.seafile.ids import EMPTY_ID
 from seafbackup_agent.seafile.installation import SeafileInstallation
@@ -126,9 +128,8 @@ class SyncEngine:
     async def _sync(self, repo_id: str, *, force: bool, deep: bool, progress: LibraryProgress,
                     on_progress: ProgressCallback | None,
                     on_head: Callable[[str | None], None] | None) -> SyncResult:
-        await asyncio.to_thread(self.target.reconnect_if_gone)
+        old_head = await asyncio.to_thread(self._target_head, repo_id)
         rows = self.target.rows
-        old_head = await asyncio.to_thread(rows.head, repo_id)
         meta = await self.source.library(repo_id)
         if on_head is not None:
             on_head(None if meta is None else meta.head)
@@ -181,6 +182,15 @@ class SyncEngine:
             run.result.bytes, f", {len(run.result.skipped)} skipped" if run.result.skipped else "",
         )
         return run.result
+
+    def _target_head(self, repo_id: str) -> str | None:
+        """The backup's head, on a connection replaced first if the server closed it (restart, wait_timeout):
+        a long-lived worker's next sync must not fail on it. Tried as is first: no ping per sync."""
+        try:
+            return self.target.rows.head(repo_id)
+        except (pymysql.err.OperationalError, pymysql.err.InterfaceError):
+            self.target.reconnect_if_gone()
+            return self.target.rows.head(repo_id)
 
     # --- commits ---------------------------------------------------------------------------------
 
@@ -276,8 +286,10 @@ class SyncEngine:
                 parent = parse_commit(raw)
             except FormatError:
                 return
-        if parent.root_id == EMPTY_ID:
-            return
+        if parent.root_id == EMPTY_ID and not parent_on_target:
+            return  # a whole library copied from scratch: the walk, with its batches and progress
+        # A library's first commit onto the empty tree the backup already has: the diff is that whole tree (up to
+        # the diff's bounds), in one request instead of one per directory level.
         diff = await self.source.changed_fs(run.meta.store_id, commit.root_id, parent.root_id, commit.version)
         run.prefetched = dict(diff.objects)
         if diff.complete and parent_on_target:

@@ -55,7 +55,7 @@ from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.db import connect
 from seafbackup_agent.seafile.ids import EMPTY_ID, is_object_id, is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
-from seafbackup_agent.seafile.library import LibraryRows
+from seafbackup_agent.seafile.library import LibraryMeta, LibraryRows
 from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.seafile.treediff import changed_fs_objects
 from seafbackup_agent.transport.signing import (
@@ -96,6 +96,8 @@ MAX_NOTIFY_BATCH = 1000
 """Most head moves in one notification (the primary sends what piled up while the last one was on its way)."""
 _PACK_READ_BYTES = 1 << 20
 """A pack response is read from disk and sent in pieces of about this size."""
+_ONE_PIECE_PACK = 64 * 1024
+"""A pack answer up to this size, read in one piece, is sent whole; larger ones are streamed."""
 _HEADS_CHUNK = 2000
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 SERVER_HEADER = "seafbackup"
@@ -336,12 +338,18 @@ async def _libraries(request: web.Request) -> web.Response:
 
 async def _library(request: web.Request) -> web.Response:
     repo_id = _repo_id(request)
-    meta = await request.app[ROWS].run(lambda rows: rows.meta(repo_id))
+    store = request.app[INSTALLATION].store
+
+    def read(rows: LibraryRows) -> tuple[LibraryMeta | None, bytes | None]:
+        meta = rows.meta(repo_id)
+        return meta, None if meta is None else store.read(ObjType.COMMITS, repo_id, meta.head)
+
+    # One trip to a worker thread: the row, then the head commit, which rides along (a sync that needs it
+    # saves a round trip; the backup verifies it).
+    meta, raw = await request.app[ROWS].run(read)
     if meta is None:
         return _error(404, "no such library")
     doc: dict[str, Any] = dataclasses.asdict(meta)
-    # The head commit rides along: a sync that needs it saves a round trip (the backup verifies it).
-    raw = await asyncio.to_thread(request.app[INSTALLATION].store.read, ObjType.COMMITS, repo_id, meta.head)
     with contextlib.suppress(UnicodeDecodeError):
         if raw is not None:
             doc["head_commit"] = raw.decode("utf-8")
@@ -397,10 +405,14 @@ def _pack_handler(obj_type: ObjType) -> Callable[[web.Request], Awaitable[web.St
             return _error(400, f"malformed {what} id")
         wanted = [obj_id for obj_id in dict.fromkeys(obj_ids) if obj_id != EMPTY_ID]
         installation = request.app[INSTALLATION]
+        data, sent, index = await asyncio.to_thread(_read_frames, installation, obj_type, store_id, wanted, 0)
+        if index == len(wanted) and len(data) <= _ONE_PIECE_PACK:
+            # The usual answer of an incremental sync: one write instead of a stream of chunks (the digest its
+            # signature then covers is cheap at this size).
+            return web.Response(body=data + _end_frame(sent), content_type="application/octet-stream")
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await response.prepare(request)
-        sent = 0
-        index = 0
+        await response.write(data)
         while index < len(wanted):
             data, found, index = await asyncio.to_thread(
                 _read_frames, installation, obj_type, store_id, wanted, index

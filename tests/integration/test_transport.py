@@ -617,6 +617,32 @@ def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup
     check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
 
 
+def test_the_first_commit_of_a_library_created_empty_costs_three_requests(primary, lab, backup_db_privileges,
+                                                                           caplog):
+    """A library's first commit has the empty tree as its parent's: its whole tree comes in the one tree
+    diff too (not one request per directory level), then one pack of small blocks."""
+    repo = primary.create_library("fresh", "alice@example.com")
+    target = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+
+    async def scenario():
+        async with serving(lab) as (server, _installation), HttpSource(server.url, TOKEN) as http:
+            engine = SyncEngine(http, target)
+            await engine.sync_library(repo)  # the library as created: one commit, empty tree
+            primary.commit(repo, [Put("a/b/c/first.txt", b"first"), Put("a/b/c/second.txt", b"second")])
+            caplog.clear()
+            result = await engine.sync_library(repo)
+            requests = [r.getMessage().split('"')[1] for r in caplog.records if r.name.endswith("access")]
+            assert (result.commits, result.fs_objects, result.blocks) == (1, 6, 2)
+            assert [r.split()[1].split("/")[-1] for r in requests] == [repo, "fs-diff", "blocks"], requests
+
+    try:
+        with caplog.at_level(logging.INFO, logger="seafbackup_agent.transport.access"):
+            asyncio.run(scenario())
+    finally:
+        target.close()
+    check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
+
+
 def test_the_notifier_batches_what_piles_up_and_keeps_what_the_backup_refuses():
     """Changes made while a notification is on its way go out together in the next request; a batch the
     backup answers with 4xx is kept, reported and sent again (the heartbeats claim every change was delivered,
