@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only rpo,initial,incremental,poll] [--report-only]`."""
+"""`python -m bench [--quick] [--only rpo,initial,realistic,incremental,poll,wan] [--report-only]`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from bench import lab as bench_lab
-from bench import machine, report, scenarios
+from bench import machine, report, scenarios, wan_cases
 from bench.lab import make_lab, root_sql
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("rpo", "initial", "incremental", "poll")
+CASES = ("rpo", "initial", "realistic", "incremental", "poll", "wan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,10 +89,14 @@ def run(plan: scenarios.Plan, cases: list[str], keep_lab: bool) -> dict:
                 results["rpo"] = scenarios.rpo(lab, plan, work, log)
             elif case == "initial":
                 results["initial"] = scenarios.initial(lab, plan, work, log)
+            elif case == "realistic":
+                results["realistic"] = scenarios.initial(lab, plan, work, log, store="realistic")
             elif case == "incremental":
                 results["incremental"] = scenarios.incremental(lab, plan, work, log)
             elif case == "poll":
                 results["poll"] = scenarios.poll_and_primary_cost(lab, plan, work, log)
+            elif case == "wan":
+                results["wan"] = wan_cases.wan_case(lab, plan, work, log)
             else:
                 raise SystemExit(f"unknown case {case!r}")
             log(f"{case} done in {time.monotonic() - t:.0f}s")

@@ -78,7 +78,10 @@ def _listening(address: str, port: int) -> bool:
 class Agents:
     """Both agents of a lab, as `seaf-backup-cmd agent` processes; logs and state in `work`."""
 
-    def __init__(self, lab: Lab, work: Path, *, poll_hours: float = 1.0, workers: int | None = None) -> None:
+    def __init__(self, lab: Lab, work: Path, *, poll_hours: float = 1.0, workers: int | None = None,
+                 via: str | None = None) -> None:
+        """`via`: an address where a relay (bench/wan.py) forwards :8090 to the primary agent and :8091 to the
+        backup agent; each agent then reaches the other through it."""
         workers = workers or WORKERS
         self.lab = lab
         self.work = work
@@ -87,6 +90,13 @@ class Agents:
         self.procs: dict[str, subprocess.Popen] = {}
         self.profilers: list[subprocess.Popen] = []
         pair_agents(lab, state_dir=self.work / "state", poll_hours=poll_hours, workers=workers)
+        if via is not None:
+            for host, url in ((lab.primary, f"backup_url = http://{lab.backup.address}:8091"),
+                              (lab.backup, f"primary_url = http://{lab.primary.address}:8090")):
+                conf = host.seafile_conf_dir / "seafile.conf"
+                text = conf.read_text()
+                assert url in text, url
+                conf.write_text(text.replace(url, url.replace(url.split("//")[1].split(":")[0], via)))
 
     def start(self, name: str) -> int:
         host = self.lab.hosts[name]

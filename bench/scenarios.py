@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import bulk
+from bench import bulk, realistic
 from bench.lab import Agents, discard, root_sql, wipe
 from bench.procstat import CpuSampler, cpu_seconds, global_status, machine_busy_seconds, peak_rss_mb
 from bench.rpo import percentile, run_rpo
@@ -33,21 +33,36 @@ class Plan:
     idle_seconds: float
     busy_rate: float
     busy_seconds: float
+    real_files: int
+    real_cap: int
+    real_large: tuple[int, ...]
+    """The realistic store (bench/realistic.py): small files, their cap, and the large files' sizes."""
+    wan_links: int
+    """How many of bench/wan.py's LINKS (the quick run: 20 ms / 1 Gbit/s only)."""
+    wan_files: int
+    wan_file_size: int
+    wan_rpo_points: tuple[tuple[float, float, int], ...]
 
 
 QUICK = Plan(
     quick=True,
     rpo_libraries=1000,
-    rpo_points=((1, 6, 4096), (10, 5, 4096), (50, 5, 4096), (100, 5, 4096), (1, 5, MiB), (10, 4, MiB),
-                (100, 2, MiB)),
+    rpo_points=((1, 4, 4096), (10, 4, 4096), (50, 4, 4096), (100, 5, 4096), (10, 3, MiB), (100, 2, MiB)),
     initial_files=5_000,
     initial_file_size=16 * 1024,
-    initial_rounds=3,
+    initial_rounds=2,
     incremental_objects=(10_000, 100_000),
     poll_libraries=(1000, 10_000, 30_000),
     idle_seconds=5,
     busy_rate=10,
     busy_seconds=5,
+    real_files=800,
+    real_cap=2 * MiB,
+    real_large=(16 * MiB,),
+    wan_links=1,
+    wan_files=1000,
+    wan_file_size=16 * 1024,
+    wan_rpo_points=((100, 3, 4096),),
 )
 
 FULL = Plan(
@@ -63,6 +78,13 @@ FULL = Plan(
     idle_seconds=30,
     busy_rate=10,
     busy_seconds=20,
+    real_files=10_000,
+    real_cap=32 * MiB,
+    real_large=(256 * MiB,),
+    wan_links=2,
+    wan_files=20_000,
+    wan_file_size=64 * 1024,
+    wan_rpo_points=((10, 10, 4096), (100, 20, 4096)),
 )
 
 
@@ -160,15 +182,22 @@ def rpo(lab: Lab, plan: Plan, work: Path, log) -> dict:
 # --- 2. initial sync -------------------------------------------------------------------------------
 
 
-def initial(lab: Lab, plan: Plan, work: Path, log) -> dict:
+def initial(lab: Lab, plan: Plan, work: Path, log, *, store: str = "synthetic") -> dict:
     """The agents (empty backup → head published) against rsync, cp and dd of the same storage directory,
-    in rounds that alternate the tools (the disk is shared and noisy); medians of the rounds."""
+    in rounds that alternate the tools (the disk is shared and noisy); medians of the rounds. `store`:
+    "synthetic" (files of one size) or "realistic" (bench/realistic.py)."""
     wipe(lab)
+    if store == "realistic":
+        files = list(realistic.files(plan.real_files, cap=plan.real_cap, large=plan.real_large))
+    else:
+        files = list(bulk_files(plan.initial_files, plan.initial_file_size, seed=7))
     with SeafileServer(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir) as server:
         repo = server.create_library("initial", "bench@example.com")
         t = time.monotonic()
-        head = server.commit(repo, list(bulk_files(plan.initial_files, plan.initial_file_size, seed=7)))
-        log(f"initial: wrote {plan.initial_files} files in {time.monotonic() - t:.1f}s")
+        head = server.commit(repo, files)
+        log(f"initial ({store}): wrote {len(files)} files in {time.monotonic() - t:.1f}s")
+    largest = max(len(f.data) for f in files)
+    del files
     src = lab.primary.seafile_data_dir / "storage"
     size, objects = _du_bytes(src)
     copies = work / "initial-copies"
@@ -212,8 +241,9 @@ def initial(lab: Lab, plan: Plan, work: Path, log) -> dict:
         agents.close()
     discard(lab, copies)
     tools = {name: _median_run(samples) for name, samples in runs.items()}
-    return {"files": plan.initial_files, "file_size": plan.initial_file_size, "bytes": size, "objects": objects,
-            "rounds": plan.initial_rounds, "tools": tools, "runs": runs}
+    return {"store": store, "files": plan.real_files + len(plan.real_large) if store == "realistic" else
+            plan.initial_files, "file_size": plan.initial_file_size, "largest_file": largest, "bytes": size,
+            "objects": objects, "rounds": plan.initial_rounds, "tools": tools, "runs": runs}
 
 
 def _median_run(samples: list[dict]) -> dict:
