@@ -44,4 +44,6 @@ def describe(lab_dir: Path, mariadb_version: str) -> dict[str, str]:
         "rsync": _first_line(["rsync", "--version"]),
         "cp": _first_line(["cp", "--version"]),
         "seafbackup commit": _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"]),
+        # Other work on the machine changes every wall-clock figure; CPU per head move does not depend on it.
+        "load average at start (1, 5, 15 min)": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }

@@ -303,11 +303,12 @@ def markdown(results: dict, images: list[str]) -> str:
             p99 = small100[0]["p99"]
             targets.append(f"| RPO p99 ≤ 1 s at 100/s over {r['libraries']} libraries, LAN (small commits) | "
                            f"{_s(p99)} | {_verdict(p99 <= 1, f'{p99:.1f}x the target')} |")
-        moves = [p for p in r["points"] if p["rate"] >= 50 and p.get("cpu_ms_per_move")]
+        moves = [p for p in r["points"] if p["rate"] >= 50 and p["file_size"] <= 65536 and p.get("cpu_ms_per_move")]
         if moves:
-            worst = max(max(p["cpu_ms_per_move"].values()) for p in moves)
-            targets.append(f"| CPU per head move ≤ 2 ms, each agent (at 50-100/s) | {_per_move(moves[-1])} | "
-                           f"{_verdict(worst <= 2, f'{worst / 2:.1f}x the target')} |")
+            worst = max(moves, key=lambda p: max(p["cpu_ms_per_move"].values()))
+            most = max(worst["cpu_ms_per_move"].values())
+            targets.append(f"| CPU per head move ≤ 2 ms, each agent (small commits at 50-100/s; worst point) | "
+                           f"{_per_move(worst)} | {_verdict(most <= 2, f'{most / 2:.1f}x the target')} |")
         big100 = [p for p in r["points"] if p["rate"] == 100 and p["file_size"] > 65536]
         if big100:
             p = big100[0]

@@ -12,7 +12,8 @@ import argparse
 from collections import Counter
 
 IDLE_LEAVES = ("select (selectors.py", "_worker (concurrent/futures/thread.py", "wait (threading.py",
-               "poll (selectors.py", "_wait_for_tstate_lock", "get (queue.py")
+               "poll (selectors.py", "_wait_for_tstate_lock", "get (queue.py", "readinto (socket.py")
+"""Leaves that wait (readinto: a blocking read, e.g. the binlog reader's thread waiting for events)."""
 
 
 def load(path: str, busy: bool) -> list[tuple[list[str], int]]:
