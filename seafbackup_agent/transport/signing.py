@@ -54,7 +54,7 @@ _RESPONSE_BINDING = ('"@status"', '"@method";req', '"@request-target";req', f'"s
 _RESPONSE_FIELDS = ("content-type", DIFF_COMPLETE_HEADER.lower())
 """Response header fields covered whenever present."""
 _ALGORITHM_ID = "hmac-sha256"
-REQUEST_COMPONENTS_TEXT = tuple(f'"{name}"' for name in REQUEST_COMPONENTS)
+_REQUEST_COMPONENTS_TEXT = tuple(f'"{name}"' for name in REQUEST_COMPONENTS)
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _MAX_INPUT = 1024
 """Longest Signature-Input accepted: ours is about 200 characters; anything much longer is not ours."""
@@ -90,7 +90,7 @@ def derive_key(token: str) -> bytes:
 # Our messages cover a fixed set of components, so each base is a few formatted lines and one HMAC. The
 # generic library took 0.25-0.5 ms of CPU per signature or check (component resolvers, structured field
 # objects), four per request, on both agents' event loops and on every sync's critical path. The bytes on
-# the wire are the same: tests/unit/test_signing.py checks both directions against the library.
+# the wire are the same: tests/unit/test_signing_interop.py checks both directions against the library.
 
 
 def _b64(data: bytes) -> str:
@@ -235,7 +235,7 @@ def sign_headers(
     """The three headers that authenticate one request (Content-Digest, Signature-Input, Signature)."""
     created = int(time.time() if now is None else now)
     digest = _content_digest(body)
-    params = _params(REQUEST_COMPONENTS_TEXT, created, nonce=secrets.token_hex(16) if nonce is None else nonce,
+    params = _params(_REQUEST_COMPONENTS_TEXT, created, nonce=secrets.token_hex(16) if nonce is None else nonce,
                      tag=REQUEST_TAG)
     signature = _hmac(key, _request_lines(method, path_qs, digest), params)
     return {DIGEST_HEADER: digest, SIGNATURE_INPUT_HEADER: f"{LABEL}={params}",
