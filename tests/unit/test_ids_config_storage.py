@@ -137,7 +137,12 @@ def test_concurrent_durability_barriers_share_a_syncfs_that_started_after_each_a
     asked: dict[int, float] = {}
     returned: dict[int, float] = {}
 
+    # All ask at about the same moment (a busy machine spreads thread starts apart; a staggered start then
+    # measured the scheduler, not the sharing).
+    together = threading.Barrier(12)
+
     def barrier(n):
+        together.wait()
         asked[n] = time.monotonic()
         storage.durable(tmp_path)
         returned[n] = time.monotonic()
@@ -145,7 +150,6 @@ def test_concurrent_durability_barriers_share_a_syncfs_that_started_after_each_a
     threads = [threading.Thread(target=barrier, args=(n,)) for n in range(12)]
     for t in threads:
         t.start()
-        time.sleep(0.01)
     for t in threads:
         t.join()
     assert len(calls) < len(threads) / 2  # shared, not one each
