@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 from seafbackup_agent.cli.progress import parse_line
+from seafbackup_agent.errors import ExitCode
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.verify import check_closure as verify_closure
@@ -166,7 +167,7 @@ def test_verify_compares_heads_with_the_primary_over_the_signed_api(primary, lab
     assert behind.returncode == 5 and f"behind (primary at {head[:12]})" in behind.stdout
     agents.stop("primary")
     unreachable = _cmd(lab, "verify", libs["work"])
-    assert unreachable.returncode == 4 and "unreachable" in unreachable.stderr
+    assert unreachable.returncode == ExitCode.PEER_UNREACHABLE and "unreachable" in unreachable.stderr
 
 
 def test_the_cost_of_a_full_check_per_million_objects(primary, lab, backup_db_privileges):
