@@ -10,7 +10,9 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -193,6 +195,18 @@ def test_the_agents_run_from_a_hardened_unit_that_systemd_accepts(seeded):
     wrapper = seeded.backup.root / "usr/local/bin/seaf-backup-cmd.sh"
     status = subprocess.run([str(wrapper), "status"], capture_output=True, text=True, check=True).stdout
     assert status.startswith("Total number of libraries: ")
+
+
+def test_the_lab_runs_status_on_either_host_as_a_newcomer_would(seeded):
+    """`seafbackup-lab cmd HOST status` (what `make status` runs): the host's seafile.conf is found through
+    SEAFILE_CENTRAL_CONF_DIR, as Seafile's own scripts find it, with no --conf-dir."""
+    lab_cmd = [str(Path(sys.executable).parent / "seafbackup-lab"), "--lab-dir", str(seeded.dir), "cmd"]
+    backup = subprocess.run([*lab_cmd, "backup", "status"], capture_output=True, text=True, check=False)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    assert backup.stdout.startswith("Total number of libraries: ") and "Pairing: ok" in backup.stdout
+    primary = subprocess.run([*lab_cmd, "primary", "status"], capture_output=True, text=True, check=False)
+    assert primary.returncode == 0, primary.stdout + primary.stderr
+    assert primary.stdout.startswith("Mode: primary") and "reachable, accepts our signatures" in primary.stdout
 
 
 def _a_new_library_reaches_the_backup(lab, name: str) -> str:
