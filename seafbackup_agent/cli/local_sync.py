@@ -101,8 +101,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     ]
     console.print(summary_table(
         "local-sync", ("library", "result", "head", "commits", "fs", "blocks", "bytes", "skipped", "seconds"), rows))
-    for o in failed:
-        print_error(o)
+    for error in failed:
+        print_error(error)
     for o in outcomes:
         if isinstance(o, SyncResult):
             for s in o.skipped:

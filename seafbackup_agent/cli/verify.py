@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def _source(args: argparse.Namespace, target: SeafileInstallation) -> ObjectSour
     return HttpSource.from_conf(target.conf, retries=2)
 
 
-async def verify(args: argparse.Namespace, display: ProgressDisplay, on_done) -> list[LibraryReport]:
+async def verify(args: argparse.Namespace, display: ProgressDisplay,
+                 on_done: Callable[[LibraryReport], None]) -> list[LibraryReport]:
     """Check each library (shown on `display` while walking, `on_done(report)` after)."""
     if not 0 < args.sample <= 1:
         raise ConfigError(f"--sample {args.sample}: give a fraction in (0, 1], e.g. 0.05")

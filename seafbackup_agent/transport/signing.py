@@ -29,7 +29,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,7 @@ class _Fields:
     def items(self) -> Iterable[tuple[str, str]]:
         return self._lines()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(dict.fromkeys(name for name, _ in self._lines()))
 
     def __contains__(self, name: object) -> bool:
@@ -148,7 +148,7 @@ def _request_view(method: str, path_qs: str, headers: Mapping[str, str], *, writ
 
 
 class _Verifier(HTTPMessageVerifier):
-    def validate_created_and_expires(self, sig_input, max_age=None):
+    def validate_created_and_expires(self, sig_input: Any, max_age: Any = None) -> None:
         """Freshness is checked by the caller, against its own clock and replay cache."""
 
 
@@ -179,7 +179,7 @@ def parse_signature_input(headers: Mapping[str, str]) -> SignatureParams:
     try:
         if len(sig_input) > _MAX_INPUT:
             raise ValueError("too long")
-        members = http_sf.parse(sig_input.encode("ascii"), tltype="dictionary")
+        members: Any = http_sf.parse(sig_input.encode("ascii"), tltype="dictionary")  # checked field by field below
         inner, params = members[LABEL]
         components = tuple(str(value) for value, item_params in inner if not item_params)
         created, nonce = params["created"], params["nonce"]
