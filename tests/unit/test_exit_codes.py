@@ -11,7 +11,7 @@ from seafbackup_agent.cli.control_client import AgentNotRunningError
 from seafbackup_agent.errors import ExitCode, SeafBackupError
 from seafbackup_agent.transport.errors import TransportError
 from tests.ansible_files import ROOT
-from tests.integration.playbooks import run_module
+from tests.playbooks import run_module
 
 
 def _error_classes() -> list[type[SeafBackupError]]:
