@@ -3,26 +3,42 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: deps demo test lint unit lab-up lab-down clean bench bench-quick
+.PHONY: deps demo status test lint unit docs lab-up lab-down clean bench bench-quick
 
 deps: $(VENV)/.installed
 
+# The package installs the agent only (what the hosts get); the lab and the benchmarks are used from this
+# checkout: a .pth file puts it on the venv's path and `seafbackup-lab` is a small launcher.
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/system-packages.sh
 	./scripts/system-packages.sh
 	$(PYTHON) -m venv $(VENV)
+	rm -rf build  # setuptools would put an older layout's modules left there into the wheel
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[ansible,dev,bench]'
+	echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/seafbackup-checkout.pth"
+	printf '#!%s\nimport sys\nfrom seafbackup_lab.cli import main\nsys.exit(main())\n' "$(abspath $(BIN))/python" > $(BIN)/seafbackup-lab
+	chmod 755 $(BIN)/seafbackup-lab
 	touch $@
 
 demo: deps
 	$(BIN)/python -m seafbackup_lab.demo
 
+# `seaf-backup-cmd status` on both lab hosts (after `make demo`): what an admin runs on each server.
+status: deps
+	-$(BIN)/seafbackup-lab cmd primary status
+	-$(BIN)/seafbackup-lab cmd backup status
+
 lint: deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint -q
 
 unit: deps
 	$(BIN)/pytest tests/unit
+
+# docs/variables.md is generated from the roles' meta/argument_specs.yml (a unit test fails when it is stale).
+docs: deps
+	$(BIN)/python scripts/variables_reference.py > docs/variables.md
 
 # Test files run on TEST_JOBS pytest-xdist workers (a file stays on one worker: its labs are shared by
 # its tests); each worker has lab addresses of its own (tests/conftest.py).
@@ -30,7 +46,7 @@ TEST_JOBS ?= 2
 test: lint
 	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile
 
-# Benchmarks (issue 7): writes docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks/*.png.
+# Benchmarks: write docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks/*.png.
 bench: deps
 	$(BIN)/python -m bench
 

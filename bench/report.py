@@ -435,7 +435,7 @@ def markdown(results: dict, images: list[str]) -> str:
         lines += ["## 5. Memory", "", f"Peak RSS (VmHWM) of either agent over all cases above: {peak:.0f} MB.", ""]
         targets.append(f"| peak RSS ≤ 150 MB (both agents, all cases) | {peak:.0f} MB | "
                        f"{_verdict(peak <= 150, f'{peak / 150:.1f}x the target')} |")
-    head = ["## Targets (issues 7 and 14)", "", "| target | measured | |", "| --- | --- | --- |", *targets, ""]
+    head = ["## Targets", "", "| target | measured | |", "| --- | --- | --- |", *targets, ""]
     insert_at = lines.index("## Machine")
     lines[insert_at:insert_at] = head
     if FINDINGS.exists():

@@ -1,4 +1,4 @@
-"""The six measurements of issue 7. Each takes the lab and a `Plan` (sizes), returns plain data."""
+"""The six measurements of the benchmark report. Each takes the lab and a `Plan` (sizes), returns plain data."""
 
 from __future__ import annotations
 

@@ -240,10 +240,10 @@ try:
 except ImportError:  # pragma: no cover - shipped with the collection of roles
     describe = None
 
+from ansible.module_utils.seafbackup_errors import ExitCode
 from ansible.module_utils.seafbackup_login import LOGIN_ARGUMENT_SPEC, connect
 
-AGENT_NOT_RUNNING = 4
-STATUS_DOCUMENT_CODES = (0, 5, 6)
+STATUS_DOCUMENT_CODES = (ExitCode.OK, ExitCode.STALE, ExitCode.FAILED_LIBRARIES)
 """`seaf-backup-cmd status --json` prints its document with these exit codes (healthy, stale, failed libraries)."""
 
 
@@ -255,7 +255,7 @@ def agent_status(module):
         module.fail_json(
             msg="seaf-backup-cmd status failed: " + (err.strip() or out.strip()),
             rc=rc,
-            agent_running=rc != AGENT_NOT_RUNNING,
+            agent_running=rc != ExitCode.AGENT_NOT_RUNNING,
         )
     return json.loads(out)
 

@@ -137,9 +137,10 @@ exit_code:
 import json
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.seafbackup_errors import ExitCode
 
 VERDICTS = ("ok", "behind", "missing", "corrupt")
-REPORT_CODES = (0, 5, 6, 7)
+REPORT_CODES = (ExitCode.OK, ExitCode.BEHIND, ExitCode.MISSING_OBJECTS, ExitCode.CORRUPT_OBJECTS)
 """`seaf-backup-cmd verify --json` prints its reports with these exit codes (by the worst verdict)."""
 
 

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seafbackup_agent.errors import ConfigError
+
+CONF_DIR_VARIABLE = "SEAFILE_CENTRAL_CONF_DIR"
+DATA_DIR_VARIABLE = "SEAFILE_CONF_DIR"
+"""Seafile's own scripts (seafile.sh, seaf-fsck.sh) export these: the conf directory and, despite its name, the
+seafile-data directory."""
+
+
+def default_conf_dir() -> Path:
+    """Where seafile.conf is when --conf-dir is not given: as Seafile's scripts find it."""
+    return Path(os.environ.get(CONF_DIR_VARIABLE) or "/opt/seafile/conf")
+
+
+def default_data_dir() -> Path:
+    """Where seafile-data is when --data-dir is not given: as Seafile's scripts find it."""
+    return Path(os.environ.get(DATA_DIR_VARIABLE) or "/opt/seafile/seafile-data")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +89,8 @@ def _read(path: Path) -> configparser.ConfigParser:
         with open(path, encoding="utf-8") as fh:
             parser.read_file(fh)
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path} does not exist", hint="pass the directory that holds seafile.conf") from exc
+        raise ConfigError(f"{path} does not exist", hint=f"pass --conf-dir, or set {CONF_DIR_VARIABLE}, to the "
+                          "directory that holds Seafile's seafile.conf") from exc
     except PermissionError as exc:
         raise ConfigError(f"{path} is not readable by this user", hint="run as the Seafile user or root") from exc
     except configparser.Error as exc:

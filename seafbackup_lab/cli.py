@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from seafbackup_agent.config import CONF_DIR_VARIABLE, DATA_DIR_VARIABLE
 from seafbackup_lab.lab import Lab, default_lab_dir, render_inventory
 from seafbackup_lab.mariadb import LabError
 from seafbackup_lab.services import UnitService
@@ -88,6 +91,16 @@ def _seafile_service(lab: Lab, args: argparse.Namespace, console: Console) -> in
     return 0
 
 
+def _cmd_backup_cmd(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    """seaf-backup-cmd on a lab host, finding that host's seafile.conf as Seafile's scripts would."""
+    host = lab.hosts[args.host]
+    installed = host.root / "opt/seafbackup/venv/bin/seaf-backup-cmd"  # what setup_backup.yml installed there
+    cmd = installed if installed.exists() else Path(sys.executable).parent / "seaf-backup-cmd"
+    env = dict(os.environ, **{CONF_DIR_VARIABLE: str(host.seafile_conf_dir),
+                              DATA_DIR_VARIABLE: str(host.seafile_data_dir)})
+    return subprocess.run([str(cmd), *args.args], env=env, check=False).returncode
+
+
 def _cmd_sshd(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     ssh = LabSSH(lab.dir, lab.addresses)
     if args.action == "up":
@@ -141,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("service", choices=("mysql", "seafile", "agent"))
     service.add_argument("action", choices=("start", "stop", "restart", "status"))
     service.set_defaults(func=_cmd_service)
+
+    cmd = sub.add_parser("cmd", help="run seaf-backup-cmd on a lab host (e.g. `cmd backup status`)")
+    cmd.add_argument("host", choices=("primary", "backup"))
+    cmd.add_argument("args", nargs=argparse.REMAINDER, help="seaf-backup-cmd's arguments")
+    cmd.set_defaults(func=_cmd_backup_cmd)
 
     sshd = sub.add_parser("sshd", help="start/stop an sshd on each host's address, port 2222 (key auth)")
     sshd.add_argument("action", choices=("up", "down"))

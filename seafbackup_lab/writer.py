@@ -1,7 +1,7 @@
 """A Seafile data writer: acts like a Seafile server on a lab host.
 
-It writes what Seafile's server writes (seafile-format.md): objects under `storage/`, commits with the
-server's fields and ids, and the database rows the server changes for each operation (§5.4-5.6).
+It writes what Seafile's server writes (docs/seafile-format.md): objects under `storage/`, commits with the
+server's fields and ids, and the database rows the server changes for each operation (§6).
 """
 
 from __future__ import annotations

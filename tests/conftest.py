@@ -2,82 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from seafbackup_lab.lab import DATABASES, Lab, new_lab_dir
+from seafbackup_lab.lab import Lab
 from seafbackup_lab.writer import SeafileServer
-
-
-def lab_addr_prefix(prefix: str, worker: str) -> str:
-    """`<a>.<b>.<c>.2`: the labs take <prefix>1..6, and <prefix>10..15 for the load test. The prefix comes from
-    SEAFBACKUP_TEST_ADDR_PREFIX (e.g. "127.0.1.2") so that two test runs can share a machine. pytest-xdist
-    worker N moves the second number up by 1 + N: the workers of one run never share a server, nor do those
-    of two runs whose prefixes differ in the third number (moving the third number, as before, put worker 1
-    of the default run on the addresses of worker 0 of a run with prefix 127.0.1.2)."""
-    if not worker.startswith("gw"):
-        return prefix
-    a, b, c, d = prefix.split(".")
-    return f"{a}.{int(b) + 1 + int(worker[2:])}.{c}.{d}"
-
-
-ADDR_PREFIX = lab_addr_prefix(os.environ.get("SEAFBACKUP_TEST_ADDR_PREFIX", "127.0.0.2"),
-                              os.environ.get("PYTEST_XDIST_WORKER", ""))
-TEST_ADDRESSES = {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"}
-LIFECYCLE_ADDRESSES = {"primary": f"{ADDR_PREFIX}3", "backup": f"{ADDR_PREFIX}4"}
-# The playbook tests' own pair: replication and conf drop-ins must not leak into the other tests' lab.
-PLAYBOOK_ADDRESSES = {"primary": f"{ADDR_PREFIX}5", "backup": f"{ADDR_PREFIX}6"}
-TEST_TMP = Path(os.environ.get("SEAFBACKUP_TEST_TMP", "/tmp"))
-# Labs started all at once by the load test.
-LOAD_ADDRESSES = [{"primary": f"{ADDR_PREFIX}{10 + 2 * n}", "backup": f"{ADDR_PREFIX}{11 + 2 * n}"} for n in range(3)]
-
-
-def make_lab_dir(prefix: str) -> Path:
-    # Not under pytest's 0700 tmp dirs: MariaDB runs as the mysql user and must reach its datadir.
-    return new_lab_dir(TEST_TMP, prefix)
-
-
-@contextlib.contextmanager
-def _running_lab(prefix: str, addresses: dict[str, str]) -> Iterator[Lab]:
-    """A lab in a fresh directory, stopped and removed afterwards, also when it failed to come up
-    (a server already started would otherwise keep its address for the next run)."""
-    lab_dir = make_lab_dir(prefix)
-    lab = Lab(lab_dir, addresses)
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
-        shutil.rmtree(lab_dir, ignore_errors=True)
+from tests.agents import Agents
+from tests.helpers import (
+    LIFECYCLE_ADDRESSES,
+    PLAYBOOK_ADDRESSES,
+    TEST_ADDRESSES,
+    make_lab_dir,
+    root_sql,
+    running_lab,
+    wipe_host,
+)
 
 
 @pytest.fixture(scope="session")
 def session_lab() -> Iterator[Lab]:
-    with _running_lab("seafbackup-test-lab-", TEST_ADDRESSES) as lab:
+    with running_lab("seafbackup-test-lab-", TEST_ADDRESSES) as lab:
         yield lab
-
-
-def wipe_host(lab: Lab, name: str) -> None:
-    """Empty a lab host's Seafile data and tables (fast, keeps the servers running)."""
-    host = lab.hosts[name]
-    conn = host.mariadb.root_connection()
-    try:
-        with conn.cursor() as cur:
-            for db in DATABASES:
-                cur.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema=%s", (db,)
-                )
-                for (table,) in cur.fetchall():
-                    cur.execute(f"TRUNCATE TABLE `{db}`.`{table}`")
-    finally:
-        conn.close()
-    shutil.rmtree(host.seafile_data_dir, ignore_errors=True)
-    host.seafile_data_dir.mkdir(parents=True)
 
 
 @pytest.fixture
@@ -101,17 +49,6 @@ def backup(lab: Lab) -> Iterator[SeafileServer]:
         yield server
 
 
-def root_sql(host, *statements):
-    conn = host.mariadb.root_connection()
-    try:
-        with conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def backup_db_privileges(lab):
     # What setup_backup.yml grants on the backup: the agent writes with sql_log_bin=0.
@@ -123,7 +60,7 @@ def backup_db_privileges(lab):
 @pytest.fixture(scope="session")
 def playbook_lab() -> Iterator[Lab]:
     """A lab for setup_backup.yml runs (a fresh one; tests reset it when they need a fresh pair)."""
-    with _running_lab("seafbackup-test-playbook-", PLAYBOOK_ADDRESSES) as lab:
+    with running_lab("seafbackup-test-playbook-", PLAYBOOK_ADDRESSES) as lab:
         yield lab
 
 
@@ -136,3 +73,22 @@ def fresh_lab() -> Iterator[Lab]:
     finally:
         lab.down()
         shutil.rmtree(lab.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def agents(lab: Lab, backup_db_privileges: None, tmp_path: Path) -> Iterator[Agents]:
+    """Both lab agents as real processes, paired; killed and unpaired afterwards."""
+    with Agents(lab, tmp_path) as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+def state() -> dict:
+    """What one step of a test module's sequence leaves for the next (the first run, the token...): one per module."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def timings() -> dict[str, float]:
+    """Seconds per playbook run, printed by the last test."""
+    return {}

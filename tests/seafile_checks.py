@@ -1,4 +1,4 @@
-"""Independent checks of Seafile data, written from seafile-format.md and not from the product's engine:
+"""Independent checks of Seafile data, written from docs/seafile-format.md and not from the product's engine:
 a library's whole closure verifies, and its database rows agree with its head."""
 
 from __future__ import annotations

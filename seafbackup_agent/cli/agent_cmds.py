@@ -11,41 +11,37 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from seafbackup_agent.cli.control_client import DEFAULT_CONF_DIR, call
+from seafbackup_agent.cli.control_client import call
+from seafbackup_agent.cli.locations import add_conf_dir, add_data_dir
 from seafbackup_agent.cli.output import print_error, print_text
 from seafbackup_agent.config import load_seafile_conf
-from seafbackup_agent.errors import ConfigError, SeafBackupError
+from seafbackup_agent.errors import ConfigError, ExitCode, SeafBackupError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.service.freshness import clock_text
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     agent = sub.add_parser("agent", help="run the sync agent (primary or backup mode, from seafile.conf)")
-    agent.add_argument("--conf-dir", type=Path, default=Path(DEFAULT_CONF_DIR))
-    agent.add_argument("--data-dir", type=Path, default=Path("/opt/seafile/seafile-data"))
+    add_conf_dir(agent)
+    add_data_dir(agent)
     agent.set_defaults(func=run_agent)
 
     status = sub.add_parser(
         "status", help="on the backup: libraries synchronized, waiting, syncing, failed, and how fresh the backup is "
-                       "(exit 0 healthy, 5 stale or broken pairing, 6 failed libraries); on the primary: whether the "
+                       f"(exit 0 healthy, {ExitCode.STALE} stale or broken pairing, {ExitCode.FAILED_LIBRARIES} failed "
+                       f"libraries, {ExitCode.AGENT_NOT_RUNNING} agent not running); on the primary: whether the "
                        "backup takes our notifications")
-    status.add_argument("--conf-dir", type=Path, default=Path(DEFAULT_CONF_DIR))
+    add_conf_dir(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=run_status)
 
     sync = sub.add_parser("sync", help="sync one library now and wait until it is done")
-    sync.add_argument("--conf-dir", type=Path, default=Path(DEFAULT_CONF_DIR))
+    add_conf_dir(sync)
     sync.add_argument("--force", action="store_true",
                       help="skip objects missing or corrupt on the primary (recorded and reported)")
     sync.add_argument("--json", action="store_true")
     sync.add_argument("library")
     sync.set_defaults(func=run_sync)
-
-
-EXIT_STALE = 5
-"""`status`: the pairing is stale or broken (no fresh evidence from the primary, or the primary cannot deliver)."""
-EXIT_FAILED_LIBRARIES = 6
-"""`status`: the pairing is healthy but libraries failed to sync."""
 
 
 def _socket(conf_dir: Path, *, backup_only: bool = False) -> tuple[str, Path]:
@@ -168,12 +164,12 @@ def format_primary_status(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def status_exit_code(doc: dict) -> int:
+def status_exit_code(doc: dict) -> ExitCode:
     if doc["mode"] == "primary":
-        return 0 if doc["healthy"] else EXIT_STALE
+        return ExitCode.OK if doc["healthy"] else ExitCode.STALE
     if (doc.get("pairing") or {}).get("state") != "ok":
-        return EXIT_STALE
-    return EXIT_FAILED_LIBRARIES if doc["counts"]["failed"] else 0
+        return ExitCode.STALE
+    return ExitCode.FAILED_LIBRARIES if doc["counts"]["failed"] else ExitCode.OK
 
 
 def run_status(args: argparse.Namespace, console: Console) -> int:
@@ -186,7 +182,7 @@ def run_status(args: argparse.Namespace, console: Console) -> int:
     if mode == "primary":
         print(format_primary_status(doc))
         return code
-    if code == EXIT_STALE:
+    if code == ExitCode.STALE:
         # First thing an admin reads; on stderr so that the five lines on stdout keep Seafile's layout.
         pairing = doc["pairing"]
         Console(stderr=True).print(f"[bold red]WARNING:[/bold red] {escape(str(pairing['reason']))}. "
@@ -206,12 +202,12 @@ def run_sync(args: argparse.Namespace, console: Console) -> int:
         status, doc = asyncio.run(request)
     if args.json:
         print(json.dumps(doc, indent=2))
-        return 0 if doc.get("ok") else 1
+        return ExitCode.OK if doc.get("ok") else ExitCode.FAILED
     if status == 400:
         raise SeafBackupError(doc.get("error", "bad request"))
     if not doc.get("ok"):
         print_error(doc["error"], label=f"library {repo} failed to sync:")
-        return 1
+        return ExitCode.FAILED
     print_text(
         console,
         f"library {repo} {doc['outcome']}: head {doc['head']}, {doc['commits']} commits, {doc['fs_objects']} fs "

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from seafbackup_agent.errors import SeafBackupError
-
-DEFAULT_CONF_DIR = os.environ.get("SEAFILE_CENTRAL_CONF_DIR", "/opt/seafile/conf")
+from seafbackup_agent.errors import ExitCode, SeafBackupError
 
 
 class AgentNotRunningError(SeafBackupError):
-    exit_code = 4
+    exit_code = ExitCode.AGENT_NOT_RUNNING
 
 
 async def call(socket_path: Path, method: str, path: str, body: dict | None = None,

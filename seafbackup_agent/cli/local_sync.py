@@ -9,9 +9,10 @@ from dataclasses import asdict
 
 from rich.console import Console
 
+from seafbackup_agent.cli.locations import add_conf_dir, add_data_dir
 from seafbackup_agent.cli.output import print_error, print_text
 from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option, summary_table
-from seafbackup_agent.errors import DatabaseError, SeafBackupError
+from seafbackup_agent.errors import DatabaseError, ExitCode, SeafBackupError
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library_rows import copy_library_rows
@@ -30,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--source-conf-dir", required=True, help="the source's conf dir (its seafile.conf)")
     p.add_argument("--source-data-dir", required=True, help="the source's seafile-data dir")
-    p.add_argument("--conf-dir", default="/opt/seafile/conf", help="the target's conf dir (default %(default)s)")
-    p.add_argument("--data-dir", default="/opt/seafile/seafile-data", help="the target's seafile-data dir")
+    add_conf_dir(p, "the target's conf dir")
+    add_data_dir(p, "the target's seafile-data dir")
     p.add_argument("--force", action="store_true", help="skip objects missing or corrupt on the source")
     p.add_argument("--with-library-rows", action="store_true",
                    help="also copy each library's owner, info, size, file count, virtual repo and history rows "
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps([
             {"repo_id": o.repo_id, "error": str(o)} if isinstance(o, SyncError) else asdict(o) for o in outcomes
         ], indent=2, default=str))
-        return 1 if failed else 0
+        return ExitCode.FAILED if failed else ExitCode.OK
     rows = [
         (o.repo_id, "[red]failed[/red]", "", "", "", "", "", "", "") if isinstance(o, SyncError) else
         (o.repo_id, o.outcome.value + (" (forced)" if o.forced else ""), (o.new_head or "")[:12], str(o.commits),
@@ -100,11 +101,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     ]
     console.print(summary_table(
         "local-sync", ("library", "result", "head", "commits", "fs", "blocks", "bytes", "skipped", "seconds"), rows))
-    for o in failed:
-        print_error(o)
+    for error in failed:
+        print_error(error)
     for o in outcomes:
         if isinstance(o, SyncResult):
             for s in o.skipped:
                 print_text(console,
                            f"skipped {s.obj_type} {s.obj_id} of commit {s.commit_id} in {o.repo_id}: {s.reason}")
-    return 1 if failed else 0
+    return ExitCode.FAILED if failed else ExitCode.OK

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from seafbackup_agent.cli.agent_cmds import rate_text, size_text
@@ -63,7 +64,7 @@ class ProgressDisplay:
         self._started = time.monotonic()
         self._last_line: float | None = None
         self._bar: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> ProgressDisplay:
         if self.use_bar:
@@ -112,7 +113,7 @@ class ProgressDisplay:
 
     def _show(self) -> None:
         self._rate.sample(self.objects, self.bytes)
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             objects_rate, bytes_rate = self._rate.per_second()
             self._bar.update(self._task, total=self.libraries_total, completed=self.libraries_done,
                              description=f"{self.verb} {self._library}",
@@ -134,7 +135,7 @@ class ProgressDisplay:
         print_text(self._lines, "progress " + " ".join(f"{k}={v}" for k, v in zip(PLAIN_FIELDS, values, strict=True)))
 
 
-def summary_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], *, left: int = 2) -> Table:
+def summary_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, left: int = 2) -> Table:
     """The table a command prints at the end: one row per library; the first `left` columns are text."""
     table = Table(title=title)
     for n, column in enumerate(columns):

@@ -8,24 +8,25 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
-from seafbackup_agent.cli.control_client import DEFAULT_CONF_DIR
+from seafbackup_agent.cli.locations import add_conf_dir, add_data_dir
 from seafbackup_agent.cli.output import print_text
 from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option, summary_table
-from seafbackup_agent.errors import ConfigError
+from seafbackup_agent.errors import ConfigError, ExitCode
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.sync.source import LocalSource, ObjectSource
 from seafbackup_agent.sync.verify import LibraryReport, Verdict, check_closure
 
-EXIT_CODES = {Verdict.OK: 0, Verdict.BEHIND: 5, Verdict.MISSING: 6, Verdict.CORRUPT: 7}
-"""By the worst verdict. Errors keep their usual codes: 2 arguments or configuration, 3 database,
-4 primary unreachable."""
+EXIT_CODES = {Verdict.OK: ExitCode.OK, Verdict.BEHIND: ExitCode.BEHIND, Verdict.MISSING: ExitCode.MISSING_OBJECTS,
+              Verdict.CORRUPT: ExitCode.CORRUPT_OBJECTS}
+"""By the worst verdict. Errors keep their codes of `ExitCode`."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,12 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Walks each library's closure on the backup (every commit of the kept history, every fs "
         "object, every block: present, and its content matching its id) and compares its head with the "
         "primary's (over the signed API, or with a local installation).",
-        epilog="Exit codes (worst verdict): 0 ok, 5 behind, 6 missing objects, 7 corrupt objects; "
-        "2 bad arguments or configuration, 3 database error, 4 primary unreachable.",
+        epilog=f"Exit codes (worst verdict): 0 ok, {ExitCode.BEHIND} behind, {ExitCode.MISSING_OBJECTS} missing "
+        f"objects, {ExitCode.CORRUPT_OBJECTS} corrupt objects; {ExitCode.USAGE} bad arguments or configuration, "
+        f"{ExitCode.DATABASE} database error, {ExitCode.PEER_UNREACHABLE} primary unreachable.",
     )
-    p.add_argument("--conf-dir", type=Path, default=Path(DEFAULT_CONF_DIR), help="the backup's conf dir")
-    p.add_argument("--data-dir", type=Path, default=Path("/opt/seafile/seafile-data"),
-                   help="the backup's seafile-data dir")
+    add_conf_dir(p, "the backup's conf dir")
+    add_data_dir(p, "the backup's seafile-data dir")
     p.add_argument("--source-conf-dir", type=Path, help="compare with this local installation instead of the "
                    "primary's API (with --source-data-dir)")
     p.add_argument("--source-data-dir", type=Path)
@@ -71,7 +72,8 @@ def _source(args: argparse.Namespace, target: SeafileInstallation) -> ObjectSour
     return HttpSource.from_conf(target.conf, retries=2)
 
 
-async def verify(args: argparse.Namespace, display: ProgressDisplay, on_done) -> list[LibraryReport]:
+async def verify(args: argparse.Namespace, display: ProgressDisplay,
+                 on_done: Callable[[LibraryReport], None]) -> list[LibraryReport]:
     """Check each library (shown on `display` while walking, `on_done(report)` after)."""
     if not 0 < args.sample <= 1:
         raise ConfigError(f"--sample {args.sample}: give a fraction in (0, 1], e.g. 0.05")

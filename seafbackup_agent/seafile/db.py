@@ -12,7 +12,7 @@ from seafbackup_agent.config import DatabaseSettings
 from seafbackup_agent.errors import DatabaseError
 
 
-class _Connection(pymysql.connections.Connection):
+class _Connection(pymysql.connections.Connection):  # type: ignore[misc]  # PyMySQL ships no types
     """PyMySQL's connection with one TLS context per process for its default mode. Without TLS options PyMySQL
     (1.2) tries TLS if the server offers it, unverified, and builds a new context for each connection, loading
     the system's CA store each time (0.1-0.3 s of CPU on the lab's machine) for a context that verifies nothing.
@@ -21,7 +21,7 @@ class _Connection(pymysql.connections.Connection):
     _preferred: ssl.SSLContext | None = None
     _lock = threading.Lock()
 
-    def _create_ssl_ctx(self, sslp):
+    def _create_ssl_ctx(self, sslp: object) -> ssl.SSLContext:
         if not (isinstance(sslp, dict) and not sslp):
             return super()._create_ssl_ctx(sslp)
         with _Connection._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from seafbackup_agent.errors import InvalidIdError
 
@@ -14,11 +15,11 @@ _REPO_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 _OBJECT_FILE_NAME = re.compile(r"[0-9a-f]{38}")
 
 
-def is_object_id(value: object) -> bool:
+def is_object_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _OBJECT_ID.fullmatch(value) is not None
 
 
-def is_repo_id(value: object) -> bool:
+def is_repo_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _REPO_ID.fullmatch(value) is not None
 
 
@@ -32,7 +33,7 @@ def object_id(value: object, what: str = "object id") -> str:
         raise InvalidIdError(
             f"malformed {what}: {value!r}", hint="an object id is exactly 40 lowercase hex characters"
         )
-    return value  # type: ignore[return-value]
+    return value
 
 
 def repo_id(value: object, what: str = "library id") -> str:
@@ -41,4 +42,4 @@ def repo_id(value: object, what: str = "library id") -> str:
             f"malformed {what}: {value!r}",
             hint="a library id is a lowercase UUID such as 96e09ca5-5454-4dfa-9d9e-461eb3e38930",
         )
-    return value  # type: ignore[return-value]
+    return value

@@ -7,6 +7,7 @@ import concurrent.futures
 import logging
 import os
 import signal
+import ssl
 from pathlib import Path
 
 from aiohttp import web
@@ -48,7 +49,7 @@ def control_socket_path(conf: SeafileConf) -> Path:
     return conf.backup.state_dir / CONTROL_SOCKET
 
 
-def _server_ssl(conf: SeafileConf):
+def _server_ssl(conf: SeafileConf) -> ssl.SSLContext | None:
     assert conf.backup is not None
     if conf.backup.ssl_cert and conf.backup.ssl_key:
         return server_ssl_context(str(conf.backup.ssl_cert), str(conf.backup.ssl_key))

@@ -25,6 +25,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pymysql
 from pymysql.constants import ER
@@ -170,7 +171,8 @@ class BinlogChangeDetector:
         thread.start()
         stopper = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({stopper, outcome}, return_when=asyncio.FIRST_COMPLETED)
+            racing: set[asyncio.Future[Any]] = {stopper, outcome}
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
             halt.set()
@@ -263,7 +265,7 @@ class BinlogChangeDetector:
         finally:
             conn.close()
 
-    def _binlog_end(self, cur) -> BinlogPosition:
+    def _binlog_end(self, cur: Any) -> BinlogPosition:
         for statement in ("SHOW MASTER STATUS", "SHOW BINARY LOG STATUS"):  # MySQL 8.4 knows only the second
             try:
                 cur.execute(statement)

@@ -30,8 +30,10 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class PairingState(StrEnum):
@@ -85,7 +87,7 @@ class Freshness:
     """Libraries failed: behind, and not covered by `current_as_of`."""
 
     def as_dict(self) -> dict:
-        doc = {
+        doc: dict[str, Any] = {
             "state": self.state.value,
             "reason": self.reason,
             "since": self.since,
@@ -113,7 +115,7 @@ MAX_EVIDENCE = 10_000
 
 
 class FreshnessTracker:
-    def __init__(self, *, stale_after: float, clock=time.time) -> None:
+    def __init__(self, *, stale_after: float, clock: Callable[[], float] = time.time) -> None:
         self.stale_after = stale_after
         self.clock = clock
         self.started_at = clock()

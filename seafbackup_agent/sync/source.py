@@ -15,8 +15,8 @@ from seafbackup_agent.seafile.treediff import TreeDiff, changed_fs_objects
 class ObjectSource(Protocol):
     """Read-only access to the primary's libraries. Missing objects are None / absent, never errors."""
 
-    async def libraries(self) -> AsyncIterator[tuple[str, str]]:
-        """Every library as (repo_id, head commit id)."""
+    def libraries(self) -> AsyncIterator[tuple[str, str]]:
+        """Every library as (repo_id, head commit id): an async generator in the implementations."""
         ...
 
     async def library(self, repo_id: str) -> LibraryMeta | None:

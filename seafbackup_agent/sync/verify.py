@@ -17,6 +17,7 @@ be present. Commits and fs objects are always read: the walk needs them, and the
 from __future__ import annotations
 
 import enum
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,7 +155,7 @@ def check_closure(
             seen_fs.add(key)
             check.fs_objects += 1
             obj = load("fs", ObjType.FS, store_id, obj_id,
-                       lambda raw, obj_id=obj_id: parse_fs_object(obj_id, raw, version=version))
+                       functools.partial(parse_fs_object, obj_id, version=version))
             if isinstance(obj, SeafDir):
                 pending.extend(d.id for d in obj.dirents if d.is_dir or d.is_file)
             elif obj is not None:
@@ -173,7 +174,7 @@ def check_closure(
         seen_commits.add(commit_id)
         check.commits += 1
         commit = load("commit", ObjType.COMMITS, repo_id, commit_id,
-                      lambda raw, cid=commit_id: parse_commit(raw, expected_id=cid, expected_repo_id=repo_id))
+                      functools.partial(parse_commit, expected_id=commit_id, expected_repo_id=repo_id))
         if commit is None:
             continue
         if truncate_time is not None and commit.ctime < truncate_time:

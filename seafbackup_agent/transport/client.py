@@ -14,7 +14,7 @@ import re
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -33,13 +33,12 @@ from seafbackup_agent.transport.errors import (
     UnreachableError,
 )
 from seafbackup_agent.transport.server import (
-    DIFF_COMPLETE_HEADER,
     END_FRAME_ID,
     FRAME,
     MAX_NOTIFY_BATCH,
     MAX_PACK_IDS,
 )
-from seafbackup_agent.transport.signing import RequestSigner, ResponseSignatureError
+from seafbackup_agent.transport.signing import DIFF_COMPLETE_HEADER, RequestSigner, ResponseSignatureError
 
 log = logging.getLogger("seafbackup_agent.transport")
 
@@ -87,7 +86,7 @@ class _SignedClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from seafbackup_agent.errors import SeafBackupError
+from seafbackup_agent.errors import ExitCode, SeafBackupError
 
 
 class TransportError(SeafBackupError):
     """Talking to the other agent failed."""
 
-    exit_code = 4
+    exit_code = ExitCode.PEER_UNREACHABLE
 
 
 class AuthenticationError(TransportError):

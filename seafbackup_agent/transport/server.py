@@ -108,8 +108,8 @@ NotifyCallback = Callable[[str, str | None], Awaitable[None]]
 VERIFIER = web.AppKey("verifier", RequestVerifier)
 BODY_LIMITS = web.AppKey("body_limits", dict)
 INSTALLATION = web.AppKey("installation", SeafileInstallation)
-NOTIFY = web.AppKey("notify", Callable)  # type: ignore[arg-type]
-HEARTBEAT = web.AppKey("heartbeat", Callable)  # type: ignore[arg-type]
+NOTIFY: web.AppKey[NotifyCallback] = web.AppKey("notify")
+HEARTBEAT: web.AppKey[Callable[[], dict]] = web.AppKey("heartbeat")
 AUTHENTICATED = web.RequestKey("authenticated", bool)
 """Set once the request's signature and body verified."""
 
@@ -215,7 +215,8 @@ def _refuse(status: int, reason: str) -> web.Response:
 
 
 @web.middleware
-async def _authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def _authenticate(request: web.Request,
+                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     # Cheap checks come first and nothing of the body is read before the signature over the headers
     # (which covers the body's digest) verifies: an unauthenticated client costs a few header bytes.
     limit = _body_limit(request)

@@ -209,7 +209,7 @@ def parse_signature_input(headers: Mapping[str, str]) -> SignatureParams:
     try:
         if len(sig_input) > _MAX_INPUT:
             raise ValueError("too long")
-        members = http_sf.parse(sig_input.encode("ascii"), tltype="dictionary")
+        members: Any = http_sf.parse(sig_input.encode("ascii"), tltype="dictionary")
         inner, params = members[LABEL]
         components = tuple(str(value) for value, item_params in inner if not item_params)
         created, nonce = params["created"], params["nonce"]
@@ -277,7 +277,7 @@ class RequestSigner:
             required.add(f'"{DIGEST_HEADER.lower()}"')
         try:
             signature_input = _field(headers, SIGNATURE_INPUT_HEADER) or ""
-            members = http_sf.parse(signature_input.encode("ascii"), tltype="dictionary")
+            members: Any = http_sf.parse(signature_input.encode("ascii"), tltype="dictionary")
             inner, params = members[LABEL]
             components = [_component_id(name, item_params) for name, item_params in inner]
             if len(members) != 1 or params.get("tag") != RESPONSE_TAG or params.get("keyid") != KEY_ID \

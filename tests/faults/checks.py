@@ -11,7 +11,7 @@ from seafbackup_agent.seafile.ids import is_object_file_name
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.staging import STAGING_DIR, staging_files
 from seafbackup_agent.sync.verify import check_library
-from tests.conftest import root_sql
+from tests.helpers import root_sql
 
 
 def published_heads(lab) -> dict[str, str]:

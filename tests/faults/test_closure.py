@@ -15,7 +15,7 @@ from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_agent.sync.verify import check_closure, check_library
 from seafbackup_lab.writer import Put
-from tests.conftest import root_sql
+from tests.helpers import root_sql
 from tests.seafile_checks import check_closure as independent_closure
 
 

@@ -10,8 +10,8 @@ from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_lab.writer import Put
-from tests.conftest import root_sql
 from tests.faults.checks import assert_published_heads_restorable, published_heads, wait_failed
+from tests.helpers import root_sql
 
 PUBLISH_WAITING = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
                    "WHERE INFO LIKE 'SELECT commit_id FROM Branch WHERE repo_id=%FOR UPDATE'")

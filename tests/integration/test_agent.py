@@ -8,99 +8,21 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from seafbackup_agent.cli.agent_cmds import format_status
-from seafbackup_lab.lab import LAB_SYNC_TOKEN, pair_agents, unpair_agents
+from seafbackup_lab.lab import LAB_SYNC_TOKEN
 from seafbackup_lab.writer import Put, bulk_files
-from tests.conftest import root_sql as _root_sql
+from tests.agents import Agents, backup_head
+from tests.helpers import root_sql as _root_sql
 from tests.seafile_checks import check_closure, head_files
-
-
-class Agents:
-    def __init__(self, lab, tmp: Path, *, poll_hours: float = 0.002):
-        self.lab = lab
-        self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen] = {}
-        pair_agents(lab, state_dir=tmp / "state", poll_hours=poll_hours, workers=2)
-
-    def start(self, name: str) -> None:
-        host = self.lab.hosts[name]
-        log = open(self.tmp / f"{name}-agent.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "seafbackup_agent.cli.main", "-v", "agent", "--conf-dir",
-             str(host.seafile_conf_dir), "--data-dir", str(host.seafile_data_dir)],
-            stdout=log, stderr=log)
-        log.close()
-        if name == "backup":
-            deadline = time.monotonic() + 15
-            while not (self.tmp / "state/agent.sock").exists():
-                assert time.monotonic() < deadline, self.log("backup")
-                time.sleep(0.02)
-
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
-        proc = self.procs.pop(name)
-        proc.send_signal(sig)
-        return proc.wait(timeout=30)
-
-    def cmd(self, *args: str, check: bool = True, host: str = "backup") -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "seafbackup_agent.cli.main", *args, "--conf-dir",
-                                 str(self.lab.hosts[host].seafile_conf_dir)], capture_output=True, text=True)
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    def status(self, host: str = "backup") -> dict:
-        """`status --json` (exit 0 healthy, 5 stale pairing, 6 failed libraries: each still prints the document)."""
-        result = self.cmd("status", "--json", check=False, host=host)
-        assert result.returncode in (0, 5, 6), result.stderr
-        doc = json.loads(result.stdout)
-        doc["exit_code"] = result.returncode
-        return doc
-
-    def wait_synchronized(self, expected_total: int, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = self.cmd("status", "--json", check=False)
-            if result.returncode == 0:
-                doc = json.loads(result.stdout)
-                if doc["total"] == expected_total and doc["counts"]["synchronized"] == expected_total:
-                    return doc
-            time.sleep(0.1)
-        raise AssertionError(f"not synchronized in {timeout}s: {self.cmd('status', check=False).stdout}")
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f"{name}-agent.log").read_text()
-
-    def __enter__(self) -> Agents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Kill what still runs and take the [backup] sections away again."""
-        for name in list(self.procs):
-            self.stop(name, signal.SIGKILL)
-        unpair_agents(self.lab)
-
-
-@pytest.fixture
-def agents(lab, backup_db_privileges, tmp_path):
-    with Agents(lab, tmp_path) as a:
-        yield a
-
-
-def _backup_head(lab, repo):
-    rows = _root_sql(lab.backup, f"SELECT commit_id FROM seafile_db.Branch WHERE repo_id='{repo}'")
-    return rows[0][0] if rows else None
 
 
 def _wait_head(lab, repo, head, timeout=20.0) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if _backup_head(lab, repo) == head:
+        if backup_head(lab, repo) == head:
             return time.monotonic() - start
         time.sleep(0.01)
     raise AssertionError(f"backup head of {repo} did not reach {head} in {timeout}s")
@@ -122,8 +44,8 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     print(f"\nhead move -> backup: p50 {statistics.median(delays) * 1000:.0f} ms, "
           f"p99 {delays[-1] * 1000:.0f} ms over {len(delays)} commits")
     for repo in repos:
-        check_closure(lab.backup.seafile_data_dir, repo, repo, _backup_head(lab, repo))
-        assert head_files(lab.backup.seafile_data_dir, repo, repo, _backup_head(lab, repo)) == head_files(
+        check_closure(lab.backup.seafile_data_dir, repo, repo, backup_head(lab, repo))
+        assert head_files(lab.backup.seafile_data_dir, repo, repo, backup_head(lab, repo)) == head_files(
             lab.primary.seafile_data_dir, repo, repo, primary.head(repo))
 
     # A library created, one deleted, a virtual repo, a history-limited library.
@@ -133,9 +55,9 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     primary.set_history_limit(repos[1], 7)
     primary.commit(repos[1], [Put("limited.txt", b"x")])
     agents.wait_synchronized(4)
-    assert _backup_head(lab, new) == primary.head(new)
-    assert _backup_head(lab, repos[2]) is None
-    assert _backup_head(lab, vrepo) == primary.head(vrepo)
+    assert backup_head(lab, new) == primary.head(new)
+    assert backup_head(lab, repos[2]) is None
+    assert backup_head(lab, vrepo) == primary.head(vrepo)
     check_closure(lab.backup.seafile_data_dir, vrepo, repos[0], primary.head(vrepo))
 
     text = agents.cmd("status").stdout
@@ -176,7 +98,7 @@ def test_kill_9_mid_sync_then_restart_is_consistent_and_complete(primary, lab, a
     time.sleep(1.5)
     agents.stop("backup", signal.SIGKILL)
     for repo in repos:
-        head = _backup_head(lab, repo)
+        head = backup_head(lab, repo)
         if head:
             check_closure(lab.backup.seafile_data_dir, repo, repo, head)
     agents.start("backup")
@@ -207,13 +129,13 @@ def test_status_and_sync_force_with_a_corrupt_block_on_the_primary(primary, lab,
     assert lines[lines.index("List of libraries failed to sync:") + 1] == bad
     failed = next(lib for lib in doc["libraries"] if lib["repo_id"] == bad)
     assert "does not match its id" in failed["reason"]
-    assert _backup_head(lab, bad) is None and _backup_head(lab, good) == primary.head(good)
+    assert backup_head(lab, bad) is None and backup_head(lab, good) == primary.head(good)
 
     result = agents.cmd("sync", bad, check=False)
     assert result.returncode == 1 and "failed to sync" in result.stderr and block.parent.name in result.stderr
     result = agents.cmd("sync", "--force", bad)
     assert "synchronized" in result.stdout and "skipped block object" in result.stdout
-    assert _backup_head(lab, bad) == primary.head(bad)
+    assert backup_head(lab, bad) == primary.head(bad)
     assert agents.status()["counts"]["failed"] == 0
 
     bad_id = agents.cmd("sync", "not-a-uuid", check=False)

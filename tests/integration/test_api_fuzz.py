@@ -24,8 +24,7 @@ from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.transport.server import create_backup_app, create_primary_app
 from seafbackup_agent.transport.signing import SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER, derive_key, sign_headers
 from seafbackup_lab.lab import LAB_SYNC_TOKEN
-from tests.integration.test_agent import agents  # noqa: F401 - a fixture
-from tests.integration.test_hostile_requests import _primary_url, _wait_ready
+from tests.agents import primary_url, wait_ready
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs/api/openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
@@ -243,11 +242,11 @@ def _check(request: Request, status: int, content_type: str, body: bytes) -> Non
         jsonschema.validate(json.loads(body), request.operation.json_schemas[status])
 
 
-def test_a_fuzz_run_of_the_primary_agent_gets_only_documented_answers(primary, lab, agents):  # noqa: F811
+def test_a_fuzz_run_of_the_primary_agent_gets_only_documented_answers(primary, lab, agents):
     known = _known_ids(primary, lab)
     agents.start("primary")
-    url = _primary_url(lab)
-    _wait_ready(url)
+    url = primary_url(lab)
+    wait_ready(url)
     host, port = lab.primary.address, 8090
     pid = agents.procs["primary"].pid
     seen: dict[int, int] = {}

@@ -17,7 +17,7 @@ from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.service.binlog import BinlogChangeDetector, default_server_id
 from seafbackup_lab.writer import Put
-from tests.conftest import root_sql
+from tests.helpers import root_sql
 
 
 class Running:

@@ -29,7 +29,7 @@ from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.result import NotDescendantError, Outcome, SourceObjectError, SyncError
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_lab.writer import Delete, Mkdir, Put, Rename, bulk_files
-from tests.conftest import root_sql as _root_sql
+from tests.helpers import root_sql as _root_sql
 from tests.seafile_checks import Closure, check_closure, check_tree, head_files
 
 

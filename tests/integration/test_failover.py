@@ -22,13 +22,11 @@ import pytest
 
 from seafbackup_lab.lab import render_inventory
 from seafbackup_lab.writer import Put, SeafileServer
-from tests.integration.playbooks import BIN, query, replica_status, run_playbook, snapshot
+from tests.playbooks import BIN, query, replica_status, run_playbook, snapshot
 from tests.seafile_checks import check_closure
 
 FAILOVER = "playbooks/failover.yml"
 CONFIRM = ("-e", "seafbackup_failover_confirm=true")
-TIMINGS: dict[str, float] = {}
-STATE: dict = {}
 
 
 def _seaf(host):
@@ -96,13 +94,13 @@ def _files_and_backup_server(lab) -> dict:
 
 
 @pytest.fixture(scope="module")
-def drill(playbook_lab):
+def drill(playbook_lab, state, timings):
     """setup_backup.yml on a fresh lab with libraries; one of them then fails to sync on the backup."""
-    if "libraries" in STATE:
+    if "libraries" in state:
         return playbook_lab
     lab = playbook_lab
     lab.reset()
-    STATE["conf_before"] = (lab.backup.seafile_conf_dir / "seafile.conf").read_bytes()
+    state["conf_before"] = (lab.backup.seafile_conf_dir / "seafile.conf").read_bytes()
     with _seaf(lab.primary) as primary:
         good = primary.create_library("Good library", "alice@example.com")
         primary.put_files(good, {"a.txt": b"alpha", "docs/b.bin": os.urandom(150_000)})
@@ -110,14 +108,14 @@ def drill(playbook_lab):
         primary.put_files(bad, {"ok.txt": b"fine"})
         plain = primary.create_library("Plain library", "carol@example.com")
         primary.put_files(plain, {"c.txt": b"gamma"})
-        STATE["tokens"] = {good: primary.add_sync_token(good, "alice@example.com"),
+        state["tokens"] = {good: primary.add_sync_token(good, "alice@example.com"),
                            bad: primary.add_sync_token(bad, "bob@example.com")}
-    for token in STATE["tokens"].values():  # the desktop client that uses each token
+    for token in state["tokens"].values():  # the desktop client that uses each token
         query(lab, "primary", "INSERT INTO seafile_db.RepoTokenPeerInfo (token, peer_id, peer_ip, peer_name, sync_time,"
               " client_ver) VALUES (%s, %s, '10.0.0.9', 'laptop', UNIX_TIMESTAMP(), '9.0.0')", (token, token))
     run = run_playbook(lab.dir / "inventory.yml")
     assert run.rc == 0, run.output[-4000:]
-    TIMINGS["setup_backup.yml"] = run.seconds
+    timings["setup_backup.yml"] = run.seconds
     # A change on the primary whose block is corrupt: the backup's agent is away while it is made, and its
     # first poll when it comes back finds the new head and fails on the block.
     _lab_cmd(lab, "service", "backup", "agent", "stop")
@@ -129,7 +127,7 @@ def drill(playbook_lab):
     _lab_cmd(lab, "service", "backup", "agent", "start")
     doc = _wait_for(lambda: (d := _agent_status(lab)) and d["counts"]["failed"] == 1 and d, timeout=60)
     assert [lib["repo_id"] for lib in doc["libraries"] if lib["state"] == "failed"] == [bad]
-    STATE["libraries"] = {"good": good, "bad": bad, "plain": plain}
+    state["libraries"] = {"good": good, "bad": bad, "plain": plain}
     return lab
 
 
@@ -152,13 +150,13 @@ def test_gates_refuse_while_the_sql_thread_is_behind(drill):
     assert query(drill, "backup", "SELECT MASTER_GTID_WAIT(%s, 20) AS w", (pos,)) == [{"w": 0}]
 
 
-def test_without_confirmation_it_lists_the_libraries_behind_and_changes_nothing(drill):
+def test_without_confirmation_it_lists_the_libraries_behind_and_changes_nothing(drill, state):
     before = snapshot(drill)
     run = run_playbook(drill.dir / "inventory.yml", playbook=FAILOVER)
     assert run.rc != 0
     text = " ".join(run.output.split())
     assert "-e seafbackup_failover_confirm=true" in text
-    assert f"{STATE['libraries']['bad']} (Broken library): failed" in text
+    assert f"{state['libraries']['bad']} (Broken library): failed" in text
     assert snapshot(drill) == before
 
 
@@ -166,7 +164,7 @@ def _env_file(path):
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
-def test_a_failing_pre_hook_aborts_before_anything_changes(drill):
+def test_a_failing_pre_hook_aborts_before_anything_changes(drill, state):
     seen = drill.dir / "pre-hook.env"
     before = snapshot(drill)
     run = run_playbook(drill.dir / "inventory.yml", *CONFIRM, "-e",
@@ -174,21 +172,21 @@ def test_a_failing_pre_hook_aborts_before_anything_changes(drill):
     assert run.rc != 0 and "Run the pre-failover hook" in run.output
     env = _env_file(seen)
     assert (env["FAILED_HOST"], env["NEW_PRIMARY"], env["FAILED_LIBRARIES"]) == (
-        "primary", "backup", STATE["libraries"]["bad"])
+        "primary", "backup", state["libraries"]["bad"])
     assert snapshot(drill) == before
 
 
-def test_the_primary_dies_and_check_mode_shows_the_plan_and_changes_nothing(drill):
+def test_the_primary_dies_and_check_mode_shows_the_plan_and_changes_nothing(drill, state, timings):
     drill.primary.mariadb.kill()
     drill.primary.unit_services[0].stop(sig=signal.SIGKILL)
     before = _files_and_backup_server(drill)
     run = run_playbook(drill.dir / "inventory.yml", "--check", playbook=FAILOVER)
-    TIMINGS["check mode"] = run.seconds
+    timings["check mode"] = run.seconds
     assert run.rc == 0, run.output[-6000:]
     assert "Failover plan (check mode: nothing changes)" in run.output
     assert "STOP SLAVE" in run.output and "RESET SLAVE ALL" in run.output
     assert _files_and_backup_server(drill) == before
-    STATE["check output"] = run.output
+    state["check output"] = run.output
     print("\n" + run.output)
 
 
@@ -207,12 +205,12 @@ def test_an_unreachable_old_primary_is_reported_and_left_to_the_fence_hook(drill
     assert _files_and_backup_server(drill) == before
 
 
-def test_failover_promotes_the_backup(drill):
-    libs = STATE["libraries"]
+def test_failover_promotes_the_backup(drill, state, timings):
+    libs = state["libraries"]
     hooks = {"seafbackup_failover_fence_hook": f"env > {drill.dir / 'fence-hook.env'}",
              "seafbackup_failover_post_hook": f"env > {drill.dir / 'post-hook.env'}"}
     run = run_playbook(drill.dir / "inventory.yml", *CONFIRM, "-e", json.dumps(hooks), playbook=FAILOVER)
-    TIMINGS["failover"] = run.seconds
+    timings["failover"] = run.seconds
     assert run.rc == 0, run.output[-6000:]
     print("\n" + run.output[-5000:])
     backup = drill.backup
@@ -229,13 +227,13 @@ def test_failover_promotes_the_backup(drill):
     assert not (conf_d / "60-seafbackup-replica.cnf").exists() and not (conf_d / "61-seafbackup-seeding.cnf").exists()
     # The failed library's tokens are gone (before Seafile started again), the others' kept.
     assert _tokens(drill, "backup", libs["bad"]) == []
-    assert _tokens(drill, "backup", libs["good"]) == [{"token": STATE["tokens"][libs["good"]]}]
+    assert _tokens(drill, "backup", libs["good"]) == [{"token": state["tokens"][libs["good"]]}]
     peers = query(drill, "backup", "SELECT token FROM seafile_db.RepoTokenPeerInfo")
-    assert peers == [{"token": STATE["tokens"][libs["good"]]}]
+    assert peers == [{"token": state["tokens"][libs["good"]]}]
     # [backup] is gone, the rest of seafile.conf byte for byte, 0600.
     conf = backup.seafile_conf_dir / "seafile.conf"
     assert "[backup]" not in conf.read_text()
-    assert conf.read_bytes().rstrip(b"\n") == STATE["conf_before"].rstrip(b"\n")
+    assert conf.read_bytes().rstrip(b"\n") == state["conf_before"].rstrip(b"\n")
     assert conf.stat().st_mode & 0o777 == 0o600
     # Fenced: the old primary's Seafile and agent stopped; the new primary's Seafile runs, its agent does not.
     assert _seafile_state(drill.primary) == "stopped" and drill.primary.unit_services[0].pid() is None
@@ -259,20 +257,20 @@ def test_failover_promotes_the_backup(drill):
         check_closure(backup.seafile_data_dir, libs[name], libs[name], head)
 
 
-def test_a_second_run_changes_nothing(drill):
+def test_a_second_run_changes_nothing(drill, timings):
     run = run_playbook(drill.dir / "inventory.yml", *CONFIRM, playbook=FAILOVER)
-    TIMINGS["second run"] = run.seconds
+    timings["second run"] = run.seconds
     assert run.rc == 0, run.output[-6000:]
     assert run.changed("backup") == 0 and run.changed("primary") == 0, run.output[-6000:]
     assert "already the primary" in run.output
 
 
-def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill):
+def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill, state, timings):
     drill.primary.mariadb.start()
     swapped = drill.dir / "inventory-swapped.yml"
     swapped.write_text(render_inventory(drill, swap=True))
     run = run_playbook(swapped)
-    TIMINGS["setup_backup.yml swapped"] = run.seconds
+    timings["setup_backup.yml swapped"] = run.seconds
     assert run.rc == 0, run.output[-6000:]
     status = query(drill, "primary", "SHOW SLAVE STATUS")[0]
     assert status["Master_Host"] == drill.backup.address
@@ -291,7 +289,7 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill):
     check_closure(drill.primary.seafile_data_dir, fresh, fresh, head)
     # The library that was behind at the failover is newer (and broken) on the rebuilt backup than on the new
     # primary: the agent refuses to move its head back until told to (the runbook's `sync --force`).
-    bad = STATE["libraries"]["bad"]
+    bad = state["libraries"]["bad"]
 
     def failed_now():
         return {lib["repo_id"]: lib["reason"] for lib in _agent_status(drill, drill.primary)["libraries"]
@@ -305,5 +303,5 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill):
     assert re.search(r"backup\s+: ok=\d+\s+changed=[1-9]", run.output)
 
 
-def test_report_timings():
-    print("\nfailover drill timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in TIMINGS.items()))
+def test_report_timings(timings):
+    print("\nfailover drill timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))

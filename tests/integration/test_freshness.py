@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.integration.test_agent import Agents, _backup_head
+from tests.agents import Agents, backup_head
 from tests.tcp_proxy import CuttableProxy
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ def _accepts(address: str, port: int) -> bool:
 
 
 def heads_equal(lab, primary, repos) -> Callable[[], bool]:
-    return lambda: all(_backup_head(lab, r) == primary.head(r) for r in repos)
+    return lambda: all(backup_head(lab, r) == primary.head(r) for r in repos)
 
 
 def test_wrong_token_makes_status_fail_and_name_the_token(primary, lab, agents):
@@ -101,7 +101,7 @@ def test_closed_backup_url_shows_on_both_sides(primary, lab, agents):
         timeout=5 + 5)
     assert doc["exit_code"] == STALE
     assert [lib["state"] for lib in doc["libraries"]] == ["unknown"]
-    assert _backup_head(lab, repo) == primary.head(repo)
+    assert backup_head(lab, repo) == primary.head(repo)
 
 
 def test_primary_cut_off_mid_sync_leaves_the_library_behind_and_the_backup_stale(primary, lab, agents, tmp_path):
@@ -131,7 +131,7 @@ def test_primary_cut_off_mid_sync_leaves_the_library_behind_and_the_backup_stale
             timeout=30)
         libraries = {lib["repo_id"]: lib for lib in doc["libraries"]}
         assert libraries[moving]["behind"] is True and "unreachable" in libraries[moving]["reason"]
-        assert _backup_head(lab, moving) != new_head
+        assert backup_head(lab, moving) != new_head
         # The RPO bound keeps growing: it is never lower than the time since the backup had evidence.
         bound = doc["pairing"]["rpo_bound_seconds"]
         time.sleep(1.5)
@@ -194,10 +194,10 @@ def test_healthy_pairing_reports_its_freshness(primary, lab, agents):
     for i in range(10):
         head = primary.put_files(repo, {f"f{i}.txt": os.urandom(1000)})
         committed = time.time()
-        while _backup_head(lab, repo) != head:
+        while backup_head(lab, repo) != head:
             asked = time.time()  # the change is not on the backup: a failover now loses at least asked - committed
             bound = agents.status()["pairing"]["rpo_bound_seconds"]
-            if _backup_head(lab, repo) != head:
+            if backup_head(lab, repo) != head:
                 assert bound >= asked - committed
         time.sleep(0.1)
     text = agents.cmd("status").stdout

@@ -20,7 +20,7 @@ from seafbackup_agent.transport.client import HttpSource
 from seafbackup_agent.transport.signing import SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER, derive_key, sign_headers
 from seafbackup_lab.lab import LAB_SYNC_TOKEN
 from seafbackup_lab.writer import Put
-from tests.integration.test_agent import _backup_head, agents  # noqa: F401 - a fixture
+from tests.agents import backup_head, primary_url, wait_ready
 
 FORGED = {
     "Content-Digest": "sha-256=:" + "A" * 43 + "=:",
@@ -40,28 +40,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def _primary_url(lab) -> str:
-    return f"http://{lab.primary.address}:8090"
-
-
-def _wait_ready(url: str) -> None:
-    async def probe() -> None:
-        deadline = time.monotonic() + 15
-        async with aiohttp.ClientSession() as session:
-            while True:
-                try:
-                    async with session.get(url + "/v1/health") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "the primary agent did not come up"
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1.1)  # past the second it started in (requests signed then are refused)
-
-    asyncio.run(probe())
 
 
 async def _forged_upload(host: str, port: int, path: str, body: bytes) -> int | None:
@@ -101,12 +79,12 @@ async def _stalled_upload(host: str, port: int, path: str, forged: bool) -> tupl
     return time.monotonic() - started, answer
 
 
-def test_forged_and_stalled_uploads_leave_the_primarys_memory_and_connections_bounded(primary, lab, agents):  # noqa: F811
+def test_forged_and_stalled_uploads_leave_the_primarys_memory_and_connections_bounded(primary, lab, agents):
     repo = primary.create_library("still served", "alice@example.com")
     primary.put_files(repo, {"a.txt": b"a"})
     agents.start("primary")
-    url = _primary_url(lab)
-    _wait_ready(url)
+    url = primary_url(lab)
+    wait_ready(url)
     pid = agents.procs["primary"].pid
     host, port = lab.primary.address, 8090
     fs_path = f"/v1/stores/{repo}/fs"
@@ -156,11 +134,11 @@ def test_forged_and_stalled_uploads_leave_the_primarys_memory_and_connections_bo
     assert all(answer.startswith(b"HTTP/1.1 401 ") for _, answer in closed)
 
 
-def test_a_request_captured_before_a_restart_is_refused_after_it(primary, lab, agents):  # noqa: F811
+def test_a_request_captured_before_a_restart_is_refused_after_it(primary, lab, agents):
     repo = primary.create_library("replayed", "alice@example.com")
     agents.start("primary")
-    url = _primary_url(lab)
-    _wait_ready(url)
+    url = primary_url(lab)
+    wait_ready(url)
     path = f"/v1/libraries/{repo}"
     captured = sign_headers(derive_key(LAB_SYNC_TOKEN), "GET", path)
 
@@ -173,7 +151,7 @@ def test_a_request_captured_before_a_restart_is_refused_after_it(primary, lab, a
     assert asyncio.run(send(captured))[0] == 401  # replayed, same instance
     agents.stop("primary")
     agents.start("primary")
-    _wait_ready(url)
+    wait_ready(url)
     status, answer = asyncio.run(send(captured))  # within the window, the new instance's cache is empty
     assert status == 503 and b"signed before this agent started" in answer, (status, answer)
     assert asyncio.run(send(sign_headers(derive_key(LAB_SYNC_TOKEN), "GET", path)))[0] == 200
@@ -184,7 +162,7 @@ def tampering_proxy(lab):
     """A tiny real HTTP proxy in front of the primary agent that replaces one head by another in every
     answer (the library list, the metadata and its head commit), keeping the primary's signature headers."""
     swap: dict[str, str] = {}
-    target = _primary_url(lab)
+    target = primary_url(lab)
     started = threading.Event()
     state: dict = {}
 
@@ -228,7 +206,7 @@ def tampering_proxy(lab):
     thread.join(10)
 
 
-def test_a_head_changed_on_the_way_is_refused_and_never_published(primary, lab, agents, tampering_proxy):  # noqa: F811
+def test_a_head_changed_on_the_way_is_refused_and_never_published(primary, lab, agents, tampering_proxy):
     proxy_url, swap = tampering_proxy
     repo = primary.create_library("tampered", "alice@example.com")
     primary.put_files(repo, {"a.txt": b"first"})
@@ -236,16 +214,16 @@ def test_a_head_changed_on_the_way_is_refused_and_never_published(primary, lab, 
     new_head = primary.commit(repo, [Put("a.txt", b"second")])
     swap[new_head] = old_head  # the man in the middle rolls the library back to its first commit
     conf = lab.backup.seafile_conf_dir / "seafile.conf"
-    conf.write_text(conf.read_text().replace(_primary_url(lab), proxy_url))
+    conf.write_text(conf.read_text().replace(primary_url(lab), proxy_url))
     agents.start("primary")
-    _wait_ready(_primary_url(lab))
+    wait_ready(primary_url(lab))
     agents.start("backup")
     deadline = time.monotonic() + 30
     reason = ""
-    while time.monotonic() < deadline and "failed authentication" not in reason and not _backup_head(lab, repo):
+    while time.monotonic() < deadline and "failed authentication" not in reason and not backup_head(lab, repo):
         doc = agents.status()
         reason = next((lib.get("reason") or "" for lib in doc["libraries"] if lib["repo_id"] == repo), "")
         reason = reason or agents.log("backup")
         time.sleep(0.2)
-    assert _backup_head(lab, repo) is None  # nothing published: neither the forged head nor any other
+    assert backup_head(lab, repo) is None  # nothing published: neither the forged head nor any other
     assert "failed authentication" in reason, agents.log("backup")[-3000:]

@@ -9,10 +9,10 @@ from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.db import connect
 from seafbackup_lab.cli import main as lab_main
-from seafbackup_lab.lab import DEFAULT_ADDRESSES, REPO_ROOT, Lab, render_inventory
+from seafbackup_lab.lab import Lab
 from seafbackup_lab.mariadb import LabError
 from seafbackup_lab.sshd import SSH_PORT, LabSSH
-from tests.conftest import LIFECYCLE_ADDRESSES, make_lab_dir
+from tests.helpers import LIFECYCLE_ADDRESSES, make_lab_dir
 
 SEAFILE_TABLES = {
     "Repo", "Branch", "RepoHead", "RepoOwner", "RepoInfo", "RepoSize", "RepoFileCount", "VirtualRepo",
@@ -89,12 +89,6 @@ def test_lab_lifecycle_up_is_idempotent_down_stops_reset_empties():
     finally:
         Lab(lab_dir).down()
         shutil.rmtree(lab_dir, ignore_errors=True)
-
-
-def test_committed_lab_inventory_is_what_the_lab_renders():
-    committed = (REPO_ROOT / "inventory/lab/hosts.yml").read_text()
-    default = Lab(REPO_ROOT / ".lab-never-created", DEFAULT_ADDRESSES)
-    assert committed == render_inventory(default, lab_dir_expr="{{ (inventory_dir ~ '/../../.lab') | realpath }}")
 
 
 def test_reset_and_down_stop_the_labs_sshd_so_the_next_one_can_listen(fresh_lab):

@@ -7,7 +7,7 @@ import pytest
 from seafbackup_lab.lab import Lab
 from seafbackup_lab.mariadb import LabError
 from seafbackup_lab.stress import busy_disk, start_labs_at_once
-from tests.conftest import LOAD_ADDRESSES, TEST_TMP, make_lab_dir, root_sql
+from tests.helpers import LOAD_ADDRESSES, TEST_TMP, make_lab_dir, root_sql
 
 
 def test_a_server_starting_leaves_the_temporary_tables_of_other_servers_alone(lab):

@@ -10,7 +10,9 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -19,7 +21,7 @@ from seafbackup_lab.lab import LAB_REPLICATION_PASSWORD, PRIMARY_AGENT_PRIVILEGE
 from seafbackup_lab.services import UnitService
 from seafbackup_lab.sshd import LabSSH
 from seafbackup_lab.writer import SeafileServer
-from tests.integration.playbooks import query, replica_status, run_module, run_playbook, snapshot
+from tests.playbooks import query, replica_status, run_module, run_playbook, snapshot
 
 IGNORED = [
     "seafile_db.Repo", "seafile_db.Branch", "seafile_db.RepoHead", "seahub_db.base_userlastlogin",
@@ -27,8 +29,6 @@ IGNORED = [
     "seahub_db.FileAudit", "seahub_db.FileUpdate", "seahub_db.PermAudit", "seahub_db.Event", "seahub_db.UserEvent",
     "seahub_db.avatar_avatar", "seahub_db.avatar_groupavatar", "seahub_db.avatar_uploaded",
 ]
-TIMINGS: dict[str, float] = {}
-STATE: dict = {}
 
 
 def _inventory(lab):
@@ -52,50 +52,50 @@ def _wait_for(predicate, timeout=20.0):
     return False
 
 
-def _assert_no_secrets(run, lab):
-    for secret in (LAB_REPLICATION_PASSWORD, lab.db_password, *(s for s in [STATE.get("token")] if s)):
+def _assert_no_secrets(run, lab, state):
+    for secret in (LAB_REPLICATION_PASSWORD, lab.db_password, *(s for s in [state.get("token")] if s)):
         assert secret not in run.output
 
 
 @pytest.fixture(scope="module")
-def fresh(playbook_lab):
+def fresh(playbook_lab, state):
     """A fresh lab, its seafile.conf texts before the playbook, then the first real run."""
     playbook_lab.reset()
     # A primary as Seafile leaves it: the lab grants what setup_backup.yml grants, take it back to see the role do it.
     query(playbook_lab, "primary", f"REVOKE {PRIMARY_AGENT_PRIVILEGES} ON *.* FROM 'seafile'@'%'")
-    STATE["conf_before"] = {h: _seafile_conf(playbook_lab, h) for h in playbook_lab.hosts}
+    state["conf_before"] = {h: _seafile_conf(playbook_lab, h) for h in playbook_lab.hosts}
     return playbook_lab
 
 
 @pytest.fixture(scope="module")
-def seeded(fresh):
-    if "first_run" not in STATE:
+def seeded(fresh, state, timings):
+    if "first_run" not in state:
         run = run_playbook(_inventory(fresh))
         assert run.rc == 0, run.output[-4000:]
-        TIMINGS["fresh run"] = run.seconds
-        STATE["first_run"] = run
-        STATE["token"] = _backup_section(_seafile_conf(fresh, "primary"))["sync_token"]
+        timings["fresh run"] = run.seconds
+        state["first_run"] = run
+        state["token"] = _backup_section(_seafile_conf(fresh, "primary"))["sync_token"]
     return fresh
 
 
-def test_check_mode_on_a_fresh_lab_reports_changes_and_changes_nothing(fresh):
-    assert "first_run" not in STATE, "check mode must run on a fresh lab"
+def test_check_mode_on_a_fresh_lab_reports_changes_and_changes_nothing(fresh, state, timings):
+    assert "first_run" not in state, "check mode must run on a fresh lab"
     before = snapshot(fresh)
     run = run_playbook(_inventory(fresh), "--check", "--diff")
-    TIMINGS["check mode"] = run.seconds
+    timings["check mode"] = run.seconds
     assert run.rc == 0, run.output[-4000:]
     assert run.changed("primary") > 0 and run.changed("backup") > 0
     assert "Show the dump that would be taken" in run.output and "+log-bin = mysql-bin" in run.output
     assert snapshot(fresh) == before
-    _assert_no_secrets(run, fresh)
+    _assert_no_secrets(run, fresh, state)
 
 
-def test_fresh_run_starts_replication_with_exactly_the_seeds_filters(seeded):
+def test_fresh_run_starts_replication_with_exactly_the_seeds_filters(seeded, state):
     status = replica_status(seeded)
     assert status["Slave_IO_Running"] == "Yes" and status["Slave_SQL_Running"] == "Yes"
     assert status["Master_Host"] == seeded.primary.address and status["Using_Gtid"] == "Slave_Pos"
     assert sorted(status["Replicate_Ignore_Table"].split(",")) == sorted(IGNORED)
-    _assert_no_secrets(STATE["first_run"], seeded)
+    _assert_no_secrets(state["first_run"], seeded, state)
     # The seed's marker row arrived; the session row written to an ignored table did not (and is gone).
     assert len(query(seeded, "backup", "SELECT id FROM seafbackup.marker")) == 1
     assert query(seeded, "primary", "SELECT COUNT(*) AS n FROM seahub_db.django_session") == [{"n": 0}]
@@ -140,7 +140,7 @@ def test_the_agents_account_can_read_the_binlog_on_the_primary_only(seeded):
     assert "Falling back to polling" not in (seeded.primary.root / "var/log/seafbackup-agent.log").read_text()
 
 
-def test_seafile_conf_gets_backup_sections_with_one_token_and_keeps_the_rest(seeded):
+def test_seafile_conf_gets_backup_sections_with_one_token_and_keeps_the_rest(seeded, state):
     primary, backup = (_backup_section(_seafile_conf(seeded, h)) for h in ("primary", "backup"))
     assert re.fullmatch(r"[0-9a-f]{40}", primary["sync_token"]) and primary["sync_token"] == backup["sync_token"]
     assert primary == {"backup_url": f"http://{seeded.backup.address}:8091", "sync_token": primary["sync_token"],
@@ -151,7 +151,7 @@ def test_seafile_conf_gets_backup_sections_with_one_token_and_keeps_the_rest(see
                       "state_dir": str(seeded.backup.root / "var/lib/seafbackup"), "workers": "2"}
     for host in seeded.hosts:
         text = _seafile_conf(seeded, host)
-        before = STATE["conf_before"][host]
+        before = state["conf_before"][host]
         assert text.startswith(before) and "[backup]" not in before  # other sections byte for byte
         mode = (seeded.hosts[host].seafile_conf_dir / "seafile.conf").stat().st_mode & 0o777
         assert mode == 0o600
@@ -163,21 +163,21 @@ def test_the_dump_is_gone_and_the_seeding_drop_in_removed(seeded):
         assert not (host.root / "etc/mysql/conf.d/61-seafbackup-seeding.cnf").exists()
 
 
-def test_the_play_prints_the_seed_dumps_size_and_duration(seeded):
-    found = re.findall(r"seed dump: (\d+) bytes \(([\d.]+) MiB\) in ([\d.]+) s", STATE["first_run"].output)
-    assert len(found) == 1, STATE["first_run"].output[-4000:]
+def test_the_play_prints_the_seed_dumps_size_and_duration(seeded, state):
+    found = re.findall(r"seed dump: (\d+) bytes \(([\d.]+) MiB\) in ([\d.]+) s", state["first_run"].output)
+    assert len(found) == 1, state["first_run"].output[-4000:]
     size, mib, seconds = found[0]
     # A dump of the three Seafile databases with their schemas: tens of kilobytes at least, never empty.
     assert int(size) > 10_000 and float(mib) == round(int(size) / 2**20, 1) and float(seconds) > 0
 
 
-def test_second_run_changes_nothing_and_keeps_the_token(seeded):
+def test_second_run_changes_nothing_and_keeps_the_token(seeded, state, timings):
     run = run_playbook(_inventory(seeded))
-    TIMINGS["second run"] = run.seconds
+    timings["second run"] = run.seconds
     assert run.rc == 0, run.output[-4000:]
     assert run.changed("primary") == 0 and run.changed("backup") == 0, run.output[-6000:]
-    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == STATE["token"]
-    _assert_no_secrets(run, seeded)
+    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == state["token"]
+    _assert_no_secrets(run, seeded, state)
 
 
 def test_the_agents_run_from_a_hardened_unit_that_systemd_accepts(seeded):
@@ -193,6 +193,18 @@ def test_the_agents_run_from_a_hardened_unit_that_systemd_accepts(seeded):
     wrapper = seeded.backup.root / "usr/local/bin/seaf-backup-cmd.sh"
     status = subprocess.run([str(wrapper), "status"], capture_output=True, text=True, check=True).stdout
     assert status.startswith("Total number of libraries: ")
+
+
+def test_the_lab_runs_status_on_either_host_as_a_newcomer_would(seeded):
+    """`seafbackup-lab cmd HOST status` (what `make status` runs): the host's seafile.conf is found through
+    SEAFILE_CENTRAL_CONF_DIR, as Seafile's own scripts find it, with no --conf-dir."""
+    lab_cmd = [str(Path(sys.executable).parent / "seafbackup-lab"), "--lab-dir", str(seeded.dir), "cmd"]
+    backup = subprocess.run([*lab_cmd, "backup", "status"], capture_output=True, text=True, check=False)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    assert backup.stdout.startswith("Total number of libraries: ") and "Pairing: ok" in backup.stdout
+    primary = subprocess.run([*lab_cmd, "primary", "status"], capture_output=True, text=True, check=False)
+    assert primary.returncode == 0, primary.stdout + primary.stderr
+    assert primary.stdout.startswith("Mode: primary") and "reachable, accepts our signatures" in primary.stdout
 
 
 def _a_new_library_reaches_the_backup(lab, name: str) -> str:
@@ -256,39 +268,39 @@ def test_seafbackup_status_reports_freshness_and_a_stalled_replication_lag(seede
                                         {**args, "max_lag_seconds": 5})[0] == 0, timeout=30)
 
 
-def test_a_limited_run_says_the_pair_goes_together(seeded):
+def test_a_limited_run_says_the_pair_goes_together(seeded, state):
     """A token or URL given to one host alone (`--limit`) would break the pairing: the play refuses, plainly."""
     run = run_playbook(_inventory(seeded), "--limit", "backup", "-e", f"seafbackup_seafile_conf_sync_token={'e' * 40}")
     assert run.rc != 0
     assert "configures the pair together" in " ".join(run.output.split()), run.output[-4000:]
-    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == STATE["token"]
+    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == state["token"]
 
 
-def test_a_wrong_backup_url_in_the_inventory_fails_the_play_within_a_minute_naming_it(seeded):
+def test_a_wrong_backup_url_in_the_inventory_fails_the_play_within_a_minute_naming_it(seeded, timings):
     wrong = f"http://{seeded.backup.address}:8099"  # nothing listens there
     run = run_playbook(_inventory(seeded), "-e", f"seafbackup_seafile_conf_backup_url={wrong}")
     assert run.rc != 0
     # The pairing check fails within its minute, not after seafbackup_agent_wait_timeout (30 minutes): the whole
     # run takes less than a run that changes nothing plus that minute.
-    assert run.seconds < TIMINGS["second run"] + 60, (run.seconds, TIMINGS["second run"])
+    assert run.seconds < timings["second run"] + 60, (run.seconds, timings["second run"])
     text = " ".join(run.output.split())
     assert f"the backup at {wrong} is unreachable" in text, run.output[-4000:]
     assert "Check the pairing from this side" in text
 
 
-def test_a_playbook_run_puts_a_hand_edited_token_right_and_the_agents_follow(seeded):
+def test_a_playbook_run_puts_a_hand_edited_token_right_and_the_agents_follow(seeded, state):
     conf = seeded.backup.seafile_conf_dir / "seafile.conf"
     conf.write_text(re.sub(r"^sync_token = .*$", "sync_token = " + "d" * 40, conf.read_text(), flags=re.M))
     agents = {name: UnitService("seafbackup-agent", host.root) for name, host in seeded.hosts.items()}
     pids = {name: unit.pid() for name, unit in agents.items()}
     run = run_playbook(_inventory(seeded))
     assert run.rc == 0, run.output[-4000:]
-    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == STATE["token"]
+    assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == state["token"]
     assert agents["backup"].pid() not in (None, pids["backup"])  # restarted with the token put right
     _a_new_library_reaches_the_backup(seeded, "after the token was put right")
     run = run_playbook(_inventory(seeded))
     assert run.rc == 0 and run.changed("primary") == 0 and run.changed("backup") == 0, run.output[-6000:]
-    _assert_no_secrets(run, seeded)
+    _assert_no_secrets(run, seeded, state)
 
 
 def _sabotage_other_primary(lab):
@@ -315,7 +327,7 @@ def _restore_primary(lab):
         ("backup replicates from another primary", [], "already replicates from 198.18.0.1"),
     ],
 )
-def test_bad_input_fails_clearly_and_changes_nothing(seeded, case, args, message):
+def test_bad_input_fails_clearly_and_changes_nothing(seeded, case, args, message, state):
     if case == "backup replicates from another primary":
         _sabotage_other_primary(seeded)
     try:
@@ -324,19 +336,19 @@ def test_bad_input_fails_clearly_and_changes_nothing(seeded, case, args, message
         assert run.rc != 0
         assert message in " ".join(run.output.split()), run.output[-4000:]
         assert snapshot(seeded) == before
-        _assert_no_secrets(run, seeded)
+        _assert_no_secrets(run, seeded, state)
     finally:
         if case == "backup replicates from another primary":
             _restore_primary(seeded)
 
 
-def test_lock_and_dump_variant_reseeds_and_recreates_a_missing_ignored_table(seeded):
+def test_lock_and_dump_variant_reseeds_and_recreates_a_missing_ignored_table(seeded, timings):
     query(seeded, "backup", "DROP TABLE seahub_db.avatar_avatar")
     log = seeded.primary.root / "var/log/seafile-service.log"
     actions_before = log.read_text().split() if log.exists() else []
     run = run_playbook(_inventory(seeded), "-e", "seafbackup_replication_seed_method=locked",
                        "-e", "seafbackup_replication_reseed=true")
-    TIMINGS["locked reseed"] = run.seconds
+    timings["locked reseed"] = run.seconds
     assert run.rc == 0, run.output[-4000:]
     assert log.read_text().split()[len(actions_before):] == ["stop", "start"]
     status = replica_status(seeded)
@@ -353,28 +365,28 @@ def _ssh_inventory(lab, connection):
     return inventory
 
 
-def test_over_real_ssh_a_reseed_moves_the_dump_through_the_control_node(seeded):
+def test_over_real_ssh_a_reseed_moves_the_dump_through_the_control_node(seeded, state, timings):
     """Each host's files are reached only through its own SSH connection (fetch, then copy)."""
     markers = len(query(seeded, "backup", "SELECT id FROM seafbackup.marker"))
     run = run_playbook(_ssh_inventory(seeded, "ssh"), "-e", "seafbackup_replication_reseed=true", "-v")
-    TIMINGS["reseed over ssh"] = run.seconds
+    timings["reseed over ssh"] = run.seconds
     assert run.rc == 0, run.output[-4000:]
     assert "Bring the dump to the control node" in run.output
     status = replica_status(seeded)
     assert status["Slave_IO_Running"] == "Yes" and status["Slave_SQL_Running"] == "Yes"
     assert len(query(seeded, "backup", "SELECT id FROM seafbackup.marker")) == markers + 1
-    _assert_no_secrets(run, seeded)
+    _assert_no_secrets(run, seeded, state)
 
 
-def test_over_paramiko_a_run_on_the_paired_hosts_changes_nothing(seeded):
+def test_over_paramiko_a_run_on_the_paired_hosts_changes_nothing(seeded, state, timings):
     """Control nodes without OpenSSH: every module of the playbook works over paramiko (one connection per task,
     so this is the steady-state run rather than a reseed)."""
     run = run_playbook(_ssh_inventory(seeded, "paramiko"), "-v")
-    TIMINGS["second run over paramiko"] = run.seconds
+    timings["second run over paramiko"] = run.seconds
     assert run.rc == 0, run.output[-4000:]
     assert run.changed("primary") == 0 and run.changed("backup") == 0, run.output[-6000:]
-    _assert_no_secrets(run, seeded)
+    _assert_no_secrets(run, seeded, state)
 
 
-def test_report_timings():
-    print("\nsetup_backup.yml timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in TIMINGS.items()))
+def test_report_timings(timings):
+    print("\nsetup_backup.yml timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))

@@ -14,14 +14,14 @@ import zlib
 from pathlib import Path
 
 from seafbackup_agent.cli.progress import parse_line
+from seafbackup_agent.errors import ExitCode
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.verify import check_closure as verify_closure
 from seafbackup_lab.writer import Put, bulk_files
-from tests.conftest import root_sql
-from tests.integration.playbooks import run_module
-from tests.integration.test_agent import agents  # noqa: F401 - a fixture
-from tests.integration.test_hostile_requests import _primary_url, _wait_ready
+from tests.agents import primary_url, wait_ready
+from tests.helpers import root_sql
+from tests.playbooks import run_module
 from tests.seafile_checks import check_closure
 
 
@@ -154,10 +154,10 @@ def test_the_seafbackup_verify_module_returns_each_verdict_and_fails_on_a_missin
     assert rc != 0 and result["msg"].startswith("seaf-backup-cmd verify failed: ") and result["rc"] == 2, result
 
 
-def test_verify_compares_heads_with_the_primary_over_the_signed_api(primary, lab, agents):  # noqa: F811
+def test_verify_compares_heads_with_the_primary_over_the_signed_api(primary, lab, agents):
     libs = _synced(primary, lab)
     agents.start("primary")
-    _wait_ready(_primary_url(lab))
+    wait_ready(primary_url(lab))
     done = _cmd(lab, "verify", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert {r["verdict"] for r in json.loads(done.stdout)} == {"ok"}
@@ -166,7 +166,7 @@ def test_verify_compares_heads_with_the_primary_over_the_signed_api(primary, lab
     assert behind.returncode == 5 and f"behind (primary at {head[:12]})" in behind.stdout
     agents.stop("primary")
     unreachable = _cmd(lab, "verify", libs["work"])
-    assert unreachable.returncode == 4 and "unreachable" in unreachable.stderr
+    assert unreachable.returncode == ExitCode.PEER_UNREACHABLE and "unreachable" in unreachable.stderr
 
 
 def test_the_cost_of_a_full_check_per_million_objects(primary, lab, backup_db_privileges):

@@ -1,6 +1,6 @@
 """The test labs' addresses: runs side by side and their pytest-xdist workers never share a server."""
 
-from tests.conftest import lab_addr_prefix
+from tests.helpers import lab_addr_prefix
 
 
 def test_two_runs_side_by_side_never_share_lab_addresses():

@@ -1,4 +1,4 @@
-"""Seafile objects: encoded byte for byte as the real server writes them (seafile-format.md §13)."""
+"""Seafile objects: encoded byte for byte as the real server writes them (docs/seafile-format.md §11)."""
 
 import hashlib
 import json

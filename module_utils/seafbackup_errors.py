@@ -1,0 +1,1 @@
+../seafbackup_agent/errors.py
