@@ -131,6 +131,33 @@ def _wait_head(lab: Lab, repo: str, head: str, timeout: float = 3600, interval: 
 # --- 1. RPO ----------------------------------------------------------------------------------------
 
 
+@dataclass
+class FirstSync:
+    """The backup's first sync of a library, from its agent's start on an empty backup."""
+
+    seconds: float
+    sync_seconds_itself: float
+    rss_mb: dict[str, float]
+    primary_cpu_s: float
+    backup_cpu_s: float
+
+
+def first_sync_from_empty(lab: Lab, agents: Agents, repo: str, head: str) -> FirstSync:
+    """Empty the backup, start its agent (the primary's runs already) and time it until `repo` is at `head`;
+    the backup's agent keeps running."""
+    wipe(lab, hosts=("backup",))
+    shutil.rmtree(agents.work / "state", ignore_errors=True)
+    subprocess.run(["sync"], check=True)
+    cpu0 = cpu_seconds(agents.pid("primary"))
+    started = time.monotonic()
+    agents.start("backup")
+    backup_pid = agents.pid("backup")
+    done = _wait_head(lab, repo, head)
+    sync_s, _count = agents.sync_seconds()
+    return FirstSync(done - started, sync_s, _agents_rss(agents),
+                     round(cpu_seconds(agents.pid("primary")) - cpu0, 2), round(cpu_seconds(backup_pid), 2))
+
+
 def rpo(lab: Lab, plan: Plan, work: Path, log) -> dict:
     wipe(lab)
     made = bulk.create_libraries(lab.primary, plan.rpo_libraries)
@@ -214,21 +241,11 @@ def initial(lab: Lab, plan: Plan, work: Path, log, *, store: str = "synthetic") 
     try:
         agents.start("primary")
         for round_ in range(plan.initial_rounds):
-            wipe(lab, hosts=("backup",))
-            shutil.rmtree(agents.work / "state", ignore_errors=True)
-            subprocess.run(["sync"], check=True)
-            cpu0 = cpu_seconds(agents.pid("primary"))
-            started = time.monotonic()
-            agents.start("backup")
-            backup_pid = agents.pid("backup")
-            done = _wait_head(lab, repo, head)
-            sync_s, _count = agents.sync_seconds()
-            runs["agent"].append({
-                "seconds": done - started, "sync_seconds_itself": sync_s, "rss_mb": _agents_rss(agents),
-                "primary_cpu_s": round(cpu_seconds(agents.pid("primary")) - cpu0, 2),
-                "backup_cpu_s": round(cpu_seconds(backup_pid), 2)})
+            first = first_sync_from_empty(lab, agents, repo, head)
+            runs["agent"].append(asdict(first))
             agents.stop("backup")
-            log(f"initial round {round_ + 1}: agent {done - started:.1f}s (sync itself {sync_s:.1f}s)")
+            log(f"initial round {round_ + 1}: agent {first.seconds:.1f}s "
+                f"(sync itself {first.sync_seconds_itself:.1f}s)")
             discard(lab, copies)
             copies.mkdir(parents=True)
             subprocess.run(["sync"], check=True)

@@ -4,7 +4,6 @@ baselines measured over the same path in the same run: a plain TCP transfer (the
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from bench import bulk, wan
 from bench.lab import ADDR_PREFIX, Agents, discard, wipe
 from bench.procstat import cpu_seconds
 from bench.rpo import percentile, run_rpo
-from bench.scenarios import Plan, _agents_rss, _du_bytes, _wait_head
+from bench.scenarios import Plan, _du_bytes, first_sync_from_empty
 from seafbackup_lab.lab import Lab
 from seafbackup_lab.writer import SeafileServer, bulk_files
 
@@ -118,18 +117,7 @@ def _first_syncs(lab: Lab, plan: Plan, work: Path, log, links: list[wan.Link], s
             agents = Agents(lab, work / f"wan-first-{link.name}", via=path.via)
             try:
                 agents.start("primary")
-                wipe(lab, hosts=("backup",))
-                shutil.rmtree(agents.work / "state", ignore_errors=True)
-                subprocess.run(["sync"], check=True)
-                cpu0 = cpu_seconds(agents.pid("primary"))
-                started = time.monotonic()
-                agents.start("backup")
-                backup_pid = agents.pid("backup")
-                agent_s = _wait_head(lab, repo, head) - started
-                sync_s, _ = agents.sync_seconds()
-                cpu = {"primary": round(cpu_seconds(agents.pid("primary")) - cpu0, 2),
-                       "backup": round(cpu_seconds(backup_pid), 2)}
-                rss = _agents_rss(agents)
+                first = first_sync_from_empty(lab, agents, repo, head)
             finally:
                 agents.close()
             tcp_mbit = wan.tcp_transfer_mbit(path.tcp, (SINK, 9001), size)
@@ -140,10 +128,13 @@ def _first_syncs(lab: Lab, plan: Plan, work: Path, log, links: list[wan.Link], s
             discard(lab, copies)
         finally:
             path.close()
+        agent_s = first.seconds
         row = {"link": link.name, "bytes": size, "objects": objects, "agent_seconds": round(agent_s, 3),
-               "sync_seconds_itself": round(sync_s, 3), "agent_mbit": round(size * 8 / agent_s / 1e6, 1),
+               "sync_seconds_itself": round(first.sync_seconds_itself, 3),
+               "agent_mbit": round(size * 8 / agent_s / 1e6, 1),
                "tcp_mbit": round(tcp_mbit, 1), "rsync_ssh_seconds": round(rsync_s, 3),
-               "rsync_ssh_mbit": round(size * 8 / rsync_s / 1e6, 1), "cpu_s": cpu, "rss_mb": rss}
+               "rsync_ssh_mbit": round(size * 8 / rsync_s / 1e6, 1),
+               "cpu_s": {"primary": first.primary_cpu_s, "backup": first.backup_cpu_s}, "rss_mb": first.rss_mb}
         log(f"wan first sync over {link.name}: agent {agent_s:.2f}s ({row['agent_mbit']} Mbit/s), "
             f"tcp {tcp_mbit:.0f} Mbit/s, rsync over ssh {rsync_s:.2f}s")
         out.append(row)

@@ -22,6 +22,7 @@ from seafbackup_agent.errors import InvalidIdError
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.engine import SyncEngine
+from seafbackup_agent.sync.result import SyncResult
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_agent.transport.client import HttpSource, parse_pack
 from seafbackup_agent.transport.errors import (
@@ -419,6 +420,14 @@ def test_a_database_outage_is_a_503_and_the_client_says_so(lab):
     asyncio.run(scenario())
 
 
+async def _sync_and_list_requests(engine: SyncEngine, repo: str, caplog) -> tuple[SyncResult, list[str]]:
+    """One sync of `repo`; the last path segment of each request it sent, from the primary's access log."""
+    caplog.clear()
+    result = await engine.sync_library(repo)
+    lines = [r.getMessage().split('"')[1] for r in caplog.records if r.name.endswith("access")]
+    return result, [line.split()[1].split("/")[-1] for line in lines]
+
+
 def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup_db_privileges, caplog):
     """Library metadata (with the head commit), one tree diff (every changed directory and file object of
     the commit), one pack of small blocks: not one request per directory level, commit or block."""
@@ -438,11 +447,9 @@ def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup
             engine = SyncEngine(http, target)
             await engine.sync_library(repo)  # the first state (full copy) of the library...
             primary.commit(repo, [Put("a/b/c/d/newer.txt", b"newer")])
-            caplog.clear()
-            result = await engine.sync_library(repo)  # ...then one more commit
-            requests = [r.getMessage().split('"')[1] for r in caplog.records if r.name.endswith("access")]
+            result, requests = await _sync_and_list_requests(engine, repo, caplog)  # ...then one more commit
             assert (result.commits, result.fs_objects, result.blocks) == (1, 6, 1)
-            assert [r.split()[1].split("/")[-1] for r in requests] == [repo, "fs-diff", "blocks"], requests
+            assert requests == [repo, "fs-diff", "blocks"], requests
 
     try:
         with caplog.at_level(logging.INFO, logger="seafbackup_agent.transport.access"):
@@ -464,11 +471,9 @@ def test_the_first_commit_of_a_library_created_empty_costs_three_requests(primar
             engine = SyncEngine(http, target)
             await engine.sync_library(repo)  # the library as created: one commit, empty tree
             primary.commit(repo, [Put("a/b/c/first.txt", b"first"), Put("a/b/c/second.txt", b"second")])
-            caplog.clear()
-            result = await engine.sync_library(repo)
-            requests = [r.getMessage().split('"')[1] for r in caplog.records if r.name.endswith("access")]
+            result, requests = await _sync_and_list_requests(engine, repo, caplog)
             assert (result.commits, result.fs_objects, result.blocks) == (1, 6, 2)
-            assert [r.split()[1].split("/")[-1] for r in requests] == [repo, "fs-diff", "blocks"], requests
+            assert requests == [repo, "fs-diff", "blocks"], requests
 
     try:
         with caplog.at_level(logging.INFO, logger="seafbackup_agent.transport.access"):
