@@ -86,7 +86,7 @@ bluestore_cache_autotune = true
 keyring = {root}/keyring
 
 [client.rgw.lab]
-rgw_frontends = beast endpoint={address}:{RGW_PORT}
+rgw_frontends = beast endpoint={address}:{RGW_PORT} tcp_nodelay=1
 rgw_data = {root}/rgw
 keyring = {root}/rgw/keyring
 rgw_enable_usage_log = false
