@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the lab and the tests need. Installs only what is missing; safe to run twice.
 set -euo pipefail
-packages=(mariadb-server mariadb-client rsync openssh-server openssh-client python3-venv prometheus iproute2)
+# ceph-* and radosgw: the lab's Ceph cluster (seafbackup_lab/ceph.py); python3-rados: librados for the agent's
+# Ceph backend; rclone: what the object-storage benchmarks compare with.
+packages=(mariadb-server mariadb-client rsync openssh-server openssh-client python3-venv prometheus iproute2
+          ceph-mon ceph-mgr ceph-osd ceph-common radosgw python3-rados rclone)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

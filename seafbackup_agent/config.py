@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seafbackup_agent.errors import ConfigError
+from seafbackup_agent.objectstore.backend_conf import Backend, FsBackend, parse_backends
+from seafbackup_agent.seafile.storage import ObjType
 
 CONF_DIR_VARIABLE = "SEAFILE_CENTRAL_CONF_DIR"
 DATA_DIR_VARIABLE = "SEAFILE_CONF_DIR"
@@ -80,6 +82,12 @@ class SeafileConf:
     backup: BackupSettings | None
     history_keep_days: int | None = None
     """`[history] keep_days`: the global history limit when a library has no RepoHistoryLimit row."""
+    backends: dict[ObjType, Backend] = field(default_factory=lambda: dict.fromkeys(ObjType, FsBackend()))
+    """Where each object type is stored: `[commit_object_backend]`, `[fs_object_backend]`, `[block_backend]`."""
+
+    @property
+    def on_filesystem(self) -> bool:
+        return all(isinstance(b, FsBackend) and b.dir is None for b in self.backends.values())
 
 
 def _read(path: Path) -> configparser.ConfigParser:
@@ -232,4 +240,5 @@ def load_seafile_conf(conf_dir: str | Path) -> SeafileConf:
         database=_database(path, parser),
         backup=_backup(path, parser),
         history_keep_days=history_keep_days,
+        backends=parse_backends(path, parser),
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seafbackup_agent.config import load_seafile_conf
+from seafbackup_agent.objectstore.store import open_store
 from seafbackup_agent.seafile.db import connect
 from seafbackup_agent.seafile.ids import EMPTY_ID
 from seafbackup_agent.seafile.objects import (
@@ -31,7 +32,7 @@ from seafbackup_agent.seafile.objects import (
     parse_commit,
     parse_fs_object,
 )
-from seafbackup_agent.seafile.storage import FilesystemStore, ObjType
+from seafbackup_agent.seafile.storage import ObjType
 
 SERVER_CREATOR = "0" * 40
 FILE_MODE = S_IFREG | 0o644
@@ -187,13 +188,15 @@ class SeafileServer:
 
     def __init__(self, conf_dir: str | Path, data_dir: str | Path, *, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
         self.conf = load_seafile_conf(conf_dir)
-        self.store = FilesystemStore(data_dir)
+        # Where seafile.conf puts the objects: seafile-data, or S3 buckets and Ceph pools.
+        self.store = open_store(self.conf.backends, Path(data_dir))
         self.block_size = block_size
         self.db = connect(self.conf.database, autocommit=False)
         self._clock = 0
 
     def close(self) -> None:
         self.db.close()
+        self.store.close()
 
     def __enter__(self) -> SeafileServer:
         return self

@@ -32,6 +32,9 @@ TEST_ADDRESSES = {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"}
 LIFECYCLE_ADDRESSES = {"primary": f"{ADDR_PREFIX}3", "backup": f"{ADDR_PREFIX}4"}
 # The playbook tests' own pair: replication and conf drop-ins must not leak into the other tests' lab.
 PLAYBOOK_ADDRESSES = {"primary": f"{ADDR_PREFIX}5", "backup": f"{ADDR_PREFIX}6"}
+# The Ceph lab's own address (tests/objectstore): one cluster per address, moved per worker like the labs.
+CEPH_ADDRESS = lab_addr_prefix(os.environ.get("SEAFBACKUP_TEST_CEPH_ADDR", "127.0.0.71"),
+                               os.environ.get("PYTEST_XDIST_WORKER", ""))
 TEST_TMP = Path(os.environ.get("SEAFBACKUP_TEST_TMP", "/tmp"))
 # Labs started all at once by the load test.
 LOAD_ADDRESSES = [{"primary": f"{ADDR_PREFIX}{10 + 2 * n}", "backup": f"{ADDR_PREFIX}{11 + 2 * n}"} for n in range(3)]

@@ -19,8 +19,10 @@ from seafbackup_agent.cli.locations import add_conf_dir, add_data_dir
 from seafbackup_agent.cli.output import print_text
 from seafbackup_agent.cli.progress import ProgressDisplay, add_interval_option, summary_table
 from seafbackup_agent.errors import ConfigError, ExitCode
+from seafbackup_agent.objectstore.object_index import ObjectIndex
 from seafbackup_agent.seafile.ids import repo_id as valid_repo_id
-from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.installation import SeafileInstallation, index_path
+from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.source import LocalSource, ObjectSource
 from seafbackup_agent.sync.verify import LibraryReport, Verdict, check_closure
 
@@ -78,7 +80,8 @@ async def verify(args: argparse.Namespace, display: ProgressDisplay,
     if not 0 < args.sample <= 1:
         raise ConfigError(f"--sample {args.sample}: give a fraction in (0, 1], e.g. 0.05")
     wanted = [valid_repo_id(r) for r in args.libraries]
-    target = SeafileInstallation.open(args.conf_dir, args.data_dir)
+    # On object storage, presence is asked of the store itself, never of the agent's index of it.
+    target = SeafileInstallation.open(args.conf_dir, args.data_dir, index=False)
     source: ObjectSource | None = None
     try:
         source = _source(args, target)
@@ -109,11 +112,26 @@ async def verify(args: argparse.Namespace, display: ProgressDisplay,
             display.finished(closure.objects if closure else 0, closure.bytes_read if closure else 0)
             on_done(report)
             reports.append(report)
+        _distrust_index(target, reports)
         return reports
     finally:
         if source is not None:
             await source.close()
         target.close()
+
+
+def _distrust_index(target: SeafileInstallation, reports: list[LibraryReport]) -> None:
+    """Objects missing from object storage: the agent's index of it lists them, so the next sync rebuilds it
+    from a LIST (objectstore/object_index.py)."""
+    kinds = {bad.kind for r in reports if r.closure for bad in r.closure.first_missing}
+    if not kinds or target.conf.on_filesystem:
+        return
+    index = ObjectIndex(index_path(target.conf, target.data_dir))
+    try:
+        for kind in kinds:
+            index.distrust({"commit": ObjType.COMMITS, "fs": ObjType.FS, "block": ObjType.BLOCKS}[kind])
+    finally:
+        index.close()
 
 
 def verdict_text(report: LibraryReport) -> str:

@@ -8,7 +8,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +25,20 @@ class ObjType(StrEnum):
     BLOCKS = "blocks"
 
 
+class ObjectBatch(Protocol):
+    """The objects of one sync: `put` in closure order, `seal` before the head is published."""
+
+    def has(self, obj_type: ObjType, store_id: str, obj_id: str) -> bool: ...
+
+    def put(self, objects: Iterable[tuple[ObjType, str, str, bytes]]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def seal(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
 class ObjectStore(Protocol):
     """What the sync engine and the lab need from a Seafile object store."""
 
@@ -36,7 +50,11 @@ class ObjectStore(Protocol):
 
     def iter_ids(self, obj_type: ObjType, store_id: str) -> Iterator[str]: ...
 
-    def batch(self, *, max_objects: int = ..., max_bytes: int = ..., flush_seconds: float = ...) -> WriteBatch: ...
+    def batch(self, *, max_objects: int = ..., max_bytes: int = ..., flush_seconds: float = ...) -> ObjectBatch: ...
+
+    def read_many(self, obj_type: ObjType, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]: ...
+
+    def close(self) -> None: ...
 
 
 class FilesystemStore:
@@ -73,6 +91,18 @@ class FilesystemStore:
         os.rename(tmp, final)
         if durable and obj_type is ObjType.COMMITS:
             _fsync_directory(os.path.dirname(final))
+
+    def read_many(self, obj_type: ObjType, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]:
+        """The objects that exist (missing ids are left out)."""
+        found = {}
+        for obj_id in obj_ids:
+            data = self.read(obj_type, store_id, obj_id)
+            if data is not None:
+                found[obj_id] = data
+        return found
+
+    def close(self) -> None:
+        pass
 
     def batch(self, *, max_objects: int = 8192, max_bytes: int = 256 << 20, flush_seconds: float = 0.5) -> WriteBatch:
         return WriteBatch(self, max_objects=max_objects, max_bytes=max_bytes, flush_seconds=flush_seconds)

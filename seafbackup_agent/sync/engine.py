@@ -31,7 +31,7 @@ from seafbackup_agent.seafile.objects import (
     parse_fs_object,
     verify_block,
 )
-from seafbackup_agent.seafile.storage import ObjType, WriteBatch
+from seafbackup_agent.seafile.storage import ObjectBatch, ObjType
 from seafbackup_agent.sync.progress import LibraryProgress, ProgressCallback
 from seafbackup_agent.sync.result import (
     NotDescendantError,
@@ -75,7 +75,7 @@ class _Run:
     force: bool
     deep: bool
     result: SyncResult
-    writes: WriteBatch
+    writes: ObjectBatch
     progress: LibraryProgress
     on_progress: ProgressCallback | None = None
     dir_tasks: int = 0

@@ -56,7 +56,7 @@ from seafbackup_agent.seafile.db import connect
 from seafbackup_agent.seafile.ids import EMPTY_ID, is_object_id, is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library import LibraryMeta, LibraryRows
-from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.seafile.storage import FilesystemStore, ObjType
 from seafbackup_agent.seafile.treediff import changed_fs_objects
 from seafbackup_agent.transport.signing import (
     DEFAULT_WINDOW,
@@ -96,6 +96,8 @@ MAX_NOTIFY_BATCH = 1000
 """Most head moves in one notification (the primary sends what piled up while the last one was on its way)."""
 _PACK_READ_BYTES = 1 << 20
 """A pack response is read from disk and sent in pieces of about this size."""
+_OBJECT_READ_SLICE = 64
+"""Objects read side by side from object storage per slice of a pack."""
 _ONE_PIECE_PACK = 64 * 1024
 """A pack answer up to this size, read in one piece, is sent whole; larger ones are streamed."""
 _HEADS_CHUNK = 2000
@@ -373,6 +375,17 @@ def _read_frames(
     out = bytearray()
     found = 0
     index = start
+    if not isinstance(installation.store, FilesystemStore):
+        # Object storage: reads side by side, a slice at a time (an object read is a network round trip).
+        while index < len(obj_ids) and len(out) < _PACK_READ_BYTES:
+            chunk = obj_ids[index : index + _OBJECT_READ_SLICE]
+            index += len(chunk)
+            objects = installation.store.read_many(obj_type, store_id, chunk)
+            for obj_id in chunk:
+                if obj_id in objects:
+                    _add_frame(out, obj_id, objects[obj_id])
+                    found += 1
+        return bytes(out), found, index
     while index < len(obj_ids) and len(out) < _PACK_READ_BYTES:
         obj_id = obj_ids[index]
         index += 1
@@ -463,7 +476,14 @@ def _open_block(path: str) -> tuple[Any, int] | None:
 
 async def _block(request: web.Request) -> web.StreamResponse:
     store_id, block_id = _repo_id(request, "store_id"), _object_id(request, "block_id")
-    path = request.app[INSTALLATION].store.path(ObjType.BLOCKS, store_id, block_id)
+    store = request.app[INSTALLATION].store
+    if not isinstance(store, FilesystemStore):
+        # Object storage: one GET of the whole block (Seafile's blocks are a few MiB at most).
+        data = await asyncio.to_thread(store.read, ObjType.BLOCKS, store_id, block_id)
+        if data is None:
+            return _error(404, "no such block")
+        return web.Response(body=data, content_type="application/octet-stream")
+    path = store.path(ObjType.BLOCKS, store_id, block_id)
     opened = await asyncio.to_thread(_open_block, path)
     if opened is None:
         return _error(404, "no such block")
