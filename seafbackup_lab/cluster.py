@@ -1,0 +1,341 @@
+"""A Seafile cluster as the primary, on one machine: three MariaDB Galera nodes, two Seafile nodes sharing one
+`seafile-data` (as NFS would give them), and one backup host with its own MariaDB.
+
+| host | what | address (prefix `127.0.8.`) |
+| --- | --- | --- |
+| `galera1`..`galera3` | MariaDB + Galera (`galera-4`), binlog, `log_slave_updates`, `wsrep_gtid_mode` | `.1`-`.3` |
+| `seafile1`, `seafile2` | Seafile's conf (database `galera1`, `galera2`), the shared `seafile-data` | `.11`, `.12` |
+| `backup` | a plain MariaDB, Seafile's conf and data | `.6` |
+
+Every Galera node logs every write set (`log_slave_updates`) under the same GTIDs (`wsrep_gtid_mode`, the same
+`wsrep_gtid_domain_id` and `server_id` on each node, a `gtid_domain_id` of its own for local writes), so a
+replica can move from one node to another by GTID. `galera1` is the backup's replication source at first.
+
+The nodes are started by hand, as the rest of the lab: `galera1` bootstraps the cluster once, the other two
+start from a copy of its datadir taken after a clean shutdown (the same cluster state, so they join without a
+state transfer); later restarts join the running cluster (an incremental state transfer from the gcache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pymysql
+
+from seafbackup_lab.lab import (
+    DATABASES,
+    LAB_SYNC_TOKEN,
+    Lab,
+    LabHost,
+    _set_backup_section,
+    _write_private,
+)
+from seafbackup_lab.mariadb import LabError, log_tails
+
+CLUSTER_ADDR_PREFIX_VARIABLE = "SEAFBACKUP_CLUSTER_ADDR_PREFIX"
+DEFAULT_CLUSTER_PREFIX = "127.0.8."
+GALERA_NODES = ("galera1", "galera2", "galera3")
+SEAFILE_NODES = ("seafile1", "seafile2")
+HOST_SUFFIXES = {"galera1": 1, "galera2": 2, "galera3": 3, "seafile1": 4, "seafile2": 5, "backup": 6}
+GALERA_SERVER_ID = 1
+"""The same on every Galera node: with wsrep_gtid_mode the GTIDs of write sets then read alike on each node."""
+WSREP_GTID_DOMAIN_ID = 1
+LOCAL_GTID_DOMAIN_IDS = {"galera1": 11, "galera2": 12, "galera3": 13}
+"""Each node's own domain for writes that are not replicated by Galera (never the wsrep domain)."""
+BACKUP_SERVER_ID = 2
+GALERA_DROP_IN = "50-lab-galera.cnf"
+CLUSTER_NAME = "seafbackup-lab"
+GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
+SYNC_TIMEOUT = 120.0
+
+
+def cluster_addresses(prefix: str | None = None) -> dict[str, str]:
+    """The cluster lab's addresses: `<prefix><n>` per host (n = 1 to 6), the prefix from
+    SEAFBACKUP_CLUSTER_ADDR_PREFIX (default `127.0.8.`; the tests use `127.0.0.3`, i.e. .31 to .36)."""
+    prefix = prefix or os.environ.get(CLUSTER_ADDR_PREFIX_VARIABLE) or DEFAULT_CLUSTER_PREFIX
+    return {name: f"{prefix}{suffix}" for name, suffix in HOST_SUFFIXES.items()}
+
+
+class GaleraNode:
+    """One Galera node's MariaDB: joins the running cluster when started (see `ClusterLab.up` for the
+    bootstrap)."""
+
+    def __init__(self, host: LabHost, lab: ClusterLab) -> None:
+        self.host = host
+        self.lab = lab
+        self.server = host.mariadb
+
+    def pid(self) -> int | None:
+        return self.server.pid()
+
+    def start(self, *, bootstrap: bool = False) -> None:
+        if self.server.is_running():
+            return
+        if bootstrap:
+            _set_safe_to_bootstrap(self.server.paths.datadir)
+        self.server.start(extra_args=["--wsrep-new-cluster"] if bootstrap else [])
+        wait_synced(self.server)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def kill(self) -> None:
+        self.server.kill()
+
+
+def wait_synced(server, timeout: float = SYNC_TIMEOUT) -> None:
+    """Until the node says Synced (a joiner answers connections before it has the cluster's state)."""
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        try:
+            conn = server.root_connection()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_local_state_comment'")
+                    row = cur.fetchone()
+                    state = row[1] if row else None
+                    cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
+                    ready = cur.fetchone()
+            finally:
+                conn.close()
+        except pymysql.MySQLError as exc:
+            state = str(exc)
+        else:
+            if state == "Synced" and ready and ready[1] == "ON":
+                return
+        if not server.is_running():
+            break
+        time.sleep(0.1)
+    raise LabError(f"Galera node at {server.address} is not Synced (last: {state})\n"
+                   + log_tails([server.paths.error_log]))
+
+
+def _set_safe_to_bootstrap(datadir: Path) -> None:
+    grastate = datadir / "grastate.dat"
+    if grastate.exists():
+        text = grastate.read_text().replace("safe_to_bootstrap: 0", "safe_to_bootstrap: 1")
+        grastate.write_text(text)
+
+
+class ClusterLab(Lab):
+    """The cluster lab (`seafbackup-lab --lab-dir DIR up --cluster`)."""
+
+    kind = "cluster"
+
+    def __init__(self, lab_dir: Path, addresses: dict[str, str] | None = None) -> None:
+        super().__init__(lab_dir, addresses or cluster_addresses())
+
+    def _save_state(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._state_file.write_text(json.dumps({"kind": self.kind, "addresses": self.addresses,
+                                                "db_password": self.db_password}))
+        self._state_file.chmod(0o600)
+
+    @property
+    def galera_nodes(self) -> list[LabHost]:
+        return [self.hosts[name] for name in GALERA_NODES]
+
+    @property
+    def seafile_nodes(self) -> list[LabHost]:
+        return [self.hosts[name] for name in SEAFILE_NODES]
+
+    @property
+    def primary(self) -> LabHost:
+        """The first Seafile node (what single-host code calls the primary)."""
+        return self.hosts["seafile1"]
+
+    @property
+    def shared_data_dir(self) -> Path:
+        """The one `seafile-data` both Seafile nodes mount."""
+        return self.dir / "shared/seafile-data"
+
+    def galera(self, name: str) -> GaleraNode:
+        return GaleraNode(self.hosts[name], self)
+
+    def database_host(self, seafile_node: str) -> LabHost:
+        """The Galera node a Seafile node's `[database]` points at."""
+        return self.hosts[GALERA_NODES[SEAFILE_NODES.index(seafile_node)]]
+
+    def up(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        self._save_state()
+        for host in self.hosts.values():
+            host.root.mkdir(exist_ok=True)
+            host.root.chmod(0o755)
+        first = self.galera_nodes[0]
+        fresh = not first.mariadb.paths.datadir.is_dir()
+        for host in self.galera_nodes:
+            host.mariadb.initialize(install=host.name == first.name)
+            self._write_galera_drop_in(host)
+        if fresh:
+            # Bootstrap on galera1, provision, stop cleanly; the others start from copies of that state.
+            self.galera("galera1").start(bootstrap=True)
+            self._provision_databases(first)
+            self.galera("galera1").stop()
+            for host in self.galera_nodes[1:]:
+                _copy_datadir(first.mariadb.paths.datadir, host.mariadb.paths.datadir)
+        if not any(self.galera(name).pid() for name in GALERA_NODES):
+            self.galera("galera1").start(bootstrap=True)
+        for name in GALERA_NODES:
+            self.galera(name).start()
+        backup = self.backup
+        backup.mariadb.initialize()
+        (backup.mariadb.paths.conf_d / "50-lab-backup.cnf").write_text(
+            f"[mysqld]\nserver-id = {BACKUP_SERVER_ID}\n")
+        backup.mariadb.start()
+        self._provision_databases(backup)
+        self.shared_data_dir.mkdir(parents=True, exist_ok=True)
+        for host in self.seafile_nodes:
+            data = host.seafile_data_dir
+            data.parent.mkdir(parents=True, exist_ok=True)
+            if not data.is_symlink():
+                shutil.rmtree(data, ignore_errors=True)
+                data.symlink_to(self.shared_data_dir)
+        for host in [*self.seafile_nodes, backup]:
+            self._write_seafile_conf(host)
+            (host.root / "var/tmp").mkdir(parents=True, exist_ok=True)
+
+    def _write_galera_drop_in(self, host: LabHost) -> None:
+        address = host.address
+        peers = ",".join(f"{self.hosts[n].address}:4567" for n in GALERA_NODES)
+        options = ";".join([
+            f"gmcast.listen_addr=tcp://{address}:4567", f"ist.recv_addr={address}:4568", "gcache.size=32M",
+            "evs.keepalive_period=PT0.5S", "evs.suspect_timeout=PT3S", "evs.inactive_timeout=PT5S",
+            "evs.install_timeout=PT5S", "pc.wait_prim_timeout=PT10S",
+        ])
+        (host.mariadb.paths.conf_d / GALERA_DROP_IN).write_text(
+            "# seafbackup lab: a MariaDB Galera node; binlog and GTIDs as a replication source needs them.\n"
+            "[mysqld]\n"
+            f"server-id = {GALERA_SERVER_ID}\n"
+            "log-bin = mysql-bin\n"
+            "binlog_format = ROW\n"
+            "log_slave_updates = ON\n"
+            f"gtid_domain_id = {LOCAL_GTID_DOMAIN_IDS[host.name]}\n"
+            "default_storage_engine = InnoDB\n"
+            "innodb_autoinc_lock_mode = 2\n"
+            "wsrep_on = ON\n"
+            f"wsrep_provider = {GALERA_PROVIDER}\n"
+            f"wsrep_cluster_name = {CLUSTER_NAME}\n"
+            f"wsrep_cluster_address = gcomm://{peers}\n"
+            f"wsrep_node_name = {host.name}\n"
+            f"wsrep_node_address = {address}\n"
+            f"wsrep_node_incoming_address = {address}:3306\n"
+            f'wsrep_provider_options = "{options}"\n'
+            "wsrep_sst_method = rsync\n"
+            f"wsrep_sst_receive_address = {address}:4444\n"
+            "wsrep_gtid_mode = ON\n"
+            f"wsrep_gtid_domain_id = {WSREP_GTID_DOMAIN_ID}\n"
+            "wsrep_slave_threads = 1\n"
+        )
+
+    def _write_seafile_conf(self, host: LabHost) -> None:
+        if host.name not in SEAFILE_NODES:
+            super()._write_seafile_conf(host)
+            return
+        conf = host.seafile_conf_dir
+        conf.mkdir(parents=True, exist_ok=True)
+        db = self.database_host(host.name).address
+        seafile_conf = conf / "seafile.conf"
+        if not seafile_conf.exists():
+            _write_private(
+                seafile_conf,
+                "[fileserver]\nport = 8082\n\n"
+                "[database]\ntype = mysql\n"
+                f"host = {db}\nport = 3306\nuser = seafile\npassword = {self.db_password}\n"
+                "db_name = seafile_db\nconnection_charset = utf8mb4\n",
+            )
+        ccnet_conf = conf / "ccnet.conf"
+        if not ccnet_conf.exists():
+            _write_private(
+                ccnet_conf,
+                f"[General]\nSERVICE_URL = http://{host.address}\n\n"
+                f"[Database]\nENGINE = mysql\nHOST = {db}\nPORT = 3306\nUSER = seafile\n"
+                f"PASSWD = {self.db_password}\nDB = ccnet_db\nCONNECTION_CHARSET = utf8mb4\n",
+            )
+
+    def _is_binlog_source(self, host: LabHost) -> bool:
+        return host.name in GALERA_NODES
+
+    def down(self) -> None:
+        for host in [*self.seafile_nodes, self.backup]:
+            for service in host.unit_services:
+                service.stop()
+        self.backup.mariadb.stop()
+        # The last node stopped is the one to bootstrap from next time (Galera marks it safe_to_bootstrap).
+        for name in reversed(GALERA_NODES):
+            self.galera(name).stop()
+
+    def status(self) -> dict[str, dict[str, object]]:
+        report: dict[str, dict[str, object]] = {}
+        for name, host in self.hosts.items():
+            has_db = name in GALERA_NODES or name == "backup"
+            report[name] = {
+                "address": host.address,
+                "mariadb_pid": host.mariadb.pid() if has_db else None,
+                "agent_pid": host.unit_services[0].pid(),
+                "root": str(host.root),
+                "seafile_conf": str(host.seafile_conf_dir / "seafile.conf") if name not in GALERA_NODES else "",
+            }
+        return report
+
+    def write_inventory(self, path: Path) -> None:
+        pass
+
+
+def open_lab(lab_dir: Path, *, cluster: bool = False) -> Lab:
+    """The lab in `lab_dir`: a cluster lab if its state says so (or a new one when `cluster`)."""
+    try:
+        kind = json.loads((Path(lab_dir) / "lab.json").read_text()).get("kind")
+    except FileNotFoundError:
+        kind = ClusterLab.kind if cluster else None
+    return ClusterLab(lab_dir) if kind == ClusterLab.kind else Lab(lab_dir)
+
+
+def _copy_datadir(source: Path, target: Path) -> None:
+    """A cleanly stopped node's datadir as another node's starting state (owner and modes kept); not its
+    gvwstate.dat (the node's own identity in the cluster view)."""
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    (target / "gvwstate.dat").unlink(missing_ok=True)
+    grastate = target / "grastate.dat"
+    if grastate.exists():
+        grastate.write_text(grastate.read_text().replace("safe_to_bootstrap: 1", "safe_to_bootstrap: 0"))
+
+
+def row_checksums(server, databases=DATABASES) -> dict[str, int | None]:
+    """CHECKSUM TABLE of every table of Seafile's databases on one server: `db.table` -> checksum."""
+    conn = server.root_connection()
+    try:
+        with conn.cursor() as cur:
+            sums = {}
+            for db in databases:
+                cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema=%s", (db,))
+                for (table,) in cur.fetchall():
+                    cur.execute(f"CHECKSUM TABLE `{db}`.`{table}`")
+                    sums[f"{db}.{table}"] = cur.fetchone()[1]
+            return sums
+    finally:
+        conn.close()
+
+
+def pair_cluster_agents(lab: ClusterLab, *, state_dir: Path, poll_hours: float = 1.0, workers: int = 2,
+                        token: str = LAB_SYNC_TOKEN) -> None:
+    """The `[backup]` sections setup_backup.yml writes for a cluster, for tests that run the agents by hand:
+    every Seafile node's agent on its address :8090 notifies the backup; the backup's agent (:8091) lists every
+    node in `primary_url`."""
+    backup = lab.backup.address
+    for host in lab.seafile_nodes:
+        _set_backup_section(host.seafile_conf_dir,
+                            f"backup_url = http://{backup}:8091\nsync_token = {token}\n"
+                            f"listen = {host.address}:8090\nstate_dir = {state_dir}-{host.name}\n")
+    urls = ", ".join(f"http://{host.address}:8090" for host in lab.seafile_nodes)
+    _set_backup_section(lab.backup.seafile_conf_dir,
+                        f"primary_url = {urls}\nsync_token = {token}\nsync_poll_interval = {poll_hours}\n"
+                        f"listen = {backup}:8091\nstate_dir = {state_dir}\nworkers = {workers}\n")
