@@ -156,13 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a new lab is the cluster lab: three Galera nodes, two Seafile nodes, one backup")
         p.set_defaults(func=func)
     service = sub.add_parser("service", help="control a lab host's service as systemctl would")
-    service.add_argument("host", help="a lab host: primary, backup (cluster lab: galera1-3, seafile1-2, backup)")
+    service.add_argument("host", help="a lab host: primary, backup (cluster lab: node1-3, backup)")
     service.add_argument("service", choices=("mysql", "seafile", "agent"))
     service.add_argument("action", choices=("start", "stop", "restart", "status"))
     service.set_defaults(func=_cmd_service)
 
     cmd = sub.add_parser("cmd", help="run seaf-backup-cmd on a lab host (e.g. `cmd backup status`)")
-    cmd.add_argument("host", help="a lab host with Seafile (primary, backup; cluster lab: seafile1-2, backup)")
+    cmd.add_argument("host", help="a lab host with Seafile (primary, backup; cluster lab: node1, node2, backup)")
     cmd.add_argument("args", nargs=argparse.REMAINDER, help="seaf-backup-cmd's arguments")
     cmd.set_defaults(func=_cmd_backup_cmd)
 
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sshd.set_defaults(func=_cmd_sshd)
 
     seafile = sub.add_parser("seafile", help="act like a Seafile server on a lab host")
-    seafile.add_argument("--host", default=None, help="primary (default; cluster lab: seafile1), backup, seafile2")
+    seafile.add_argument("--host", default=None, help="primary (default; cluster lab: node1), backup, node2")
     ssub = seafile.add_subparsers(dest="seafile_cmd", required=True)
     create = ssub.add_parser("create", help="create a library; prints its id")
     create.add_argument("name")

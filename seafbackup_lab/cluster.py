@@ -1,19 +1,19 @@
-"""A Seafile cluster as the primary, on one machine: three MariaDB Galera nodes, two Seafile nodes sharing one
-`seafile-data` (as NFS would give them), and one backup host with its own MariaDB.
+"""A Seafile cluster as the primary, on one machine: three nodes running MariaDB with Galera, two of them also
+Seafile (sharing one `seafile-data`, as NFS would give them), and one backup host with its own MariaDB.
 
 | host | what | address (prefix `127.0.8.`) |
 | --- | --- | --- |
-| `galera1`..`galera3` | MariaDB + Galera (`galera-4`), binlog, `log_slave_updates`, `wsrep_gtid_mode` | `.1`-`.3` |
-| `seafile1`, `seafile2` | Seafile's conf (database `galera1`, `galera2`), the shared `seafile-data` | `.11`, `.12` |
-| `backup` | a plain MariaDB, Seafile's conf and data | `.6` |
+| `node1`, `node2` | a Galera node and a Seafile node (`[database]`: the local MariaDB), shared data | `.1`, `.2` |
+| `node3` | a Galera node only | `.3` |
+| `backup` | a plain MariaDB, Seafile's conf and data | `.4` |
 
 Every Galera node logs every write set (`log_slave_updates`) under the same GTIDs (`wsrep_gtid_mode`, the same
 `wsrep_gtid_domain_id` and `server_id` on each node, a `gtid_domain_id` of its own for local writes), so a
-replica can move from one node to another by GTID. `galera1` is the backup's replication source at first.
+replica can move from one node to another by GTID. `node1` is the backup's replication source at first.
 
-The nodes are started by hand, as the rest of the lab: `galera1` bootstraps the cluster once, the other two
-start from a copy of its datadir taken after a clean shutdown (the same cluster state, so they join without a
-state transfer); later restarts join the running cluster (an incremental state transfer from the gcache).
+The nodes are started by hand, as the rest of the lab: `node1` bootstraps the cluster once, the other two start
+from a copy of its datadir taken after a clean shutdown (the same cluster state, so they join without a state
+transfer); later restarts join the running cluster (an incremental state transfer from the gcache).
 """
 
 from __future__ import annotations
@@ -33,19 +33,18 @@ from seafbackup_lab.lab import (
     Lab,
     LabHost,
     _set_backup_section,
-    _write_private,
 )
 from seafbackup_lab.mariadb import LabError, log_tails
 
 CLUSTER_ADDR_PREFIX_VARIABLE = "SEAFBACKUP_CLUSTER_ADDR_PREFIX"
 DEFAULT_CLUSTER_PREFIX = "127.0.8."
-GALERA_NODES = ("galera1", "galera2", "galera3")
-SEAFILE_NODES = ("seafile1", "seafile2")
-HOST_SUFFIXES = {"galera1": 1, "galera2": 2, "galera3": 3, "seafile1": 4, "seafile2": 5, "backup": 6}
+GALERA_NODES = ("node1", "node2", "node3")
+SEAFILE_NODES = ("node1", "node2")
+HOST_SUFFIXES = {"node1": 1, "node2": 2, "node3": 3, "backup": 4}
 GALERA_SERVER_ID = 1
 """The same on every Galera node: with wsrep_gtid_mode the GTIDs of write sets then read alike on each node."""
 WSREP_GTID_DOMAIN_ID = 1
-LOCAL_GTID_DOMAIN_IDS = {"galera1": 11, "galera2": 12, "galera3": 13}
+LOCAL_GTID_DOMAIN_IDS = {"node1": 11, "node2": 12, "node3": 13}
 """Each node's own domain for writes that are not replicated by Galera (never the wsrep domain)."""
 BACKUP_SERVER_ID = 2
 GALERA_DROP_IN = "50-lab-galera.cnf"
@@ -55,8 +54,8 @@ SYNC_TIMEOUT = 120.0
 
 
 def cluster_addresses(prefix: str | None = None) -> dict[str, str]:
-    """The cluster lab's addresses: `<prefix><n>` per host (n = 1 to 6), the prefix from
-    SEAFBACKUP_CLUSTER_ADDR_PREFIX (default `127.0.8.`; the tests use `127.0.0.3`, i.e. .31 to .36)."""
+    """The cluster lab's addresses: `<prefix><n>` per host (n = 1 to 4), the prefix from
+    SEAFBACKUP_CLUSTER_ADDR_PREFIX (default `127.0.8.`; the tests use `127.0.0.3`, i.e. .31 to .34)."""
     prefix = prefix or os.environ.get(CLUSTER_ADDR_PREFIX_VARIABLE) or DEFAULT_CLUSTER_PREFIX
     return {name: f"{prefix}{suffix}" for name, suffix in HOST_SUFFIXES.items()}
 
@@ -148,7 +147,7 @@ class ClusterLab(Lab):
     @property
     def primary(self) -> LabHost:
         """The first Seafile node (what single-host code calls the primary)."""
-        return self.hosts["seafile1"]
+        return self.hosts[SEAFILE_NODES[0]]
 
     @property
     def shared_data_dir(self) -> Path:
@@ -157,10 +156,6 @@ class ClusterLab(Lab):
 
     def galera(self, name: str) -> GaleraNode:
         return GaleraNode(self.hosts[name], self)
-
-    def database_host(self, seafile_node: str) -> LabHost:
-        """The Galera node a Seafile node's `[database]` points at."""
-        return self.hosts[GALERA_NODES[SEAFILE_NODES.index(seafile_node)]]
 
     def up(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -175,14 +170,14 @@ class ClusterLab(Lab):
             host.mariadb.initialize(install=host.name == first.name)
             self._write_galera_drop_in(host)
         if fresh:
-            # Bootstrap on galera1, provision, stop cleanly; the others start from copies of that state.
-            self.galera("galera1").start(bootstrap=True)
+            # Bootstrap on the first node, provision, stop cleanly; the others start from copies of that state.
+            self.galera(first.name).start(bootstrap=True)
             self._provision_databases(first)
-            self.galera("galera1").stop()
+            self.galera(first.name).stop()
             for host in self.galera_nodes[1:]:
                 _copy_datadir(first.mariadb.paths.datadir, host.mariadb.paths.datadir)
         if not any(self.galera(name).pid() for name in GALERA_NODES):
-            self.galera("galera1").start(bootstrap=True)
+            self.galera(first.name).start(bootstrap=True)
         for name in GALERA_NODES:
             self.galera(name).start()
         backup = self.backup
@@ -235,31 +230,6 @@ class ClusterLab(Lab):
             "wsrep_slave_threads = 1\n"
         )
 
-    def _write_seafile_conf(self, host: LabHost) -> None:
-        if host.name not in SEAFILE_NODES:
-            super()._write_seafile_conf(host)
-            return
-        conf = host.seafile_conf_dir
-        conf.mkdir(parents=True, exist_ok=True)
-        db = self.database_host(host.name).address
-        seafile_conf = conf / "seafile.conf"
-        if not seafile_conf.exists():
-            _write_private(
-                seafile_conf,
-                "[fileserver]\nport = 8082\n\n"
-                "[database]\ntype = mysql\n"
-                f"host = {db}\nport = 3306\nuser = seafile\npassword = {self.db_password}\n"
-                "db_name = seafile_db\nconnection_charset = utf8mb4\n",
-            )
-        ccnet_conf = conf / "ccnet.conf"
-        if not ccnet_conf.exists():
-            _write_private(
-                ccnet_conf,
-                f"[General]\nSERVICE_URL = http://{host.address}\n\n"
-                f"[Database]\nENGINE = mysql\nHOST = {db}\nPORT = 3306\nUSER = seafile\n"
-                f"PASSWD = {self.db_password}\nDB = ccnet_db\nCONNECTION_CHARSET = utf8mb4\n",
-            )
-
     def _is_binlog_source(self, host: LabHost) -> bool:
         return host.name in GALERA_NODES
 
@@ -275,13 +245,12 @@ class ClusterLab(Lab):
     def status(self) -> dict[str, dict[str, object]]:
         report: dict[str, dict[str, object]] = {}
         for name, host in self.hosts.items():
-            has_db = name in GALERA_NODES or name == "backup"
             report[name] = {
                 "address": host.address,
-                "mariadb_pid": host.mariadb.pid() if has_db else None,
+                "mariadb_pid": host.mariadb.pid(),
                 "agent_pid": host.unit_services[0].pid(),
                 "root": str(host.root),
-                "seafile_conf": str(host.seafile_conf_dir / "seafile.conf") if name not in GALERA_NODES else "",
+                "seafile_conf": str(host.seafile_conf_dir / "seafile.conf") if name != "node3" else "",
             }
         return report
 

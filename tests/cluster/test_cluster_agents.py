@@ -40,10 +40,10 @@ def agents(cluster_lab, tmp_path):
 def test_changes_through_either_node_arrive_once_and_a_dead_node_is_skipped(cluster_lab, agents):
     lab = cluster_lab
     node_urls = [f"http://{host.address}:8090" for host in lab.seafile_nodes]
-    with _writer(lab, "seafile1") as one, _writer(lab, "seafile2") as two:
+    with _writer(lab, "node1") as one, _writer(lab, "node2") as two:
         repo = one.create_library("cluster", "alice@example.com")
         one.put_files(repo, {"a.txt": b"a"})
-        for name in ("seafile1", "seafile2", "backup"):
+        for name in ("node1", "node2", "backup"):
             agents.start(name)
         agents.wait_synchronized(1)
         before = agents.status()["notifications"]
@@ -76,7 +76,7 @@ def test_changes_through_either_node_arrive_once_and_a_dead_node_is_skipped(clus
         # The agent of the node in use dies: changes keep arriving through the other node within the usual RPO,
         # and the backup uses that node.
         dead, alive = (one, two) if used == 0 else (two, one)
-        agents.stop(f"seafile{used + 1}", signal.SIGKILL)
+        agents.stop(f"node{used + 1}", signal.SIGKILL)
         late = []
         for i in range(3):
             head = alive.commit(repo, [Put(f"after-{i}.txt", os.urandom(500))])
@@ -102,7 +102,7 @@ def test_changes_through_either_node_arrive_once_and_a_dead_node_is_skipped(clus
         # for causality): its Galera node paused (desynced, global read lock), a commit through the other node
         # (whose agent is dead) -> the backup never claims to be current as of a time after that commit until
         # it has it.
-        pause = lab.database_host(f"seafile{other + 1}").mariadb.root_connection()
+        pause = lab.hosts[f"node{other + 1}"].mariadb.root_connection()
         try:
             with pause.cursor() as cur:
                 cur.execute("SET GLOBAL wsrep_desync = ON")
