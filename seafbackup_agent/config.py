@@ -71,6 +71,13 @@ class BackupSettings:
     `service.binlog.default_server_id`). Must differ from every replica's server-id and every other agent's."""
 
     @property
+    def primary_urls(self) -> tuple[str, ...]:
+        """The primary's nodes (a Seafile cluster lists each node's agent): `primary_url` split at commas and
+        blanks, in the order given. The backup stays with one node while it answers and moves to the next at
+        once when it does not."""
+        return split_urls(self.primary_url)
+
+    @property
     def mode(self) -> str:
         return "primary" if self.backup_url else "backup"
 
@@ -131,6 +138,10 @@ def _database(path: Path, parser: configparser.ConfigParser) -> DatabaseSettings
         unix_socket=section.get("unix_socket") or None,
         charset=section.get("connection_charset", "utf8mb4") or "utf8mb4",
     )
+
+
+def split_urls(value: str | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(part for part in re.split(r"[\s,]+", value or "") if part))
 
 
 def _backup(path: Path, parser: configparser.ConfigParser) -> BackupSettings | None:

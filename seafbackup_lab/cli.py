@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seafbackup_agent.config import CONF_DIR_VARIABLE, DATA_DIR_VARIABLE
+from seafbackup_lab.cluster import GALERA_NODES, ClusterLab, open_lab
 from seafbackup_lab.lab import Lab, default_lab_dir, render_inventory
 from seafbackup_lab.mariadb import LabError
 from seafbackup_lab.services import UnitService
@@ -62,7 +63,9 @@ def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     if args.service == "seafile":
         return _seafile_service(lab, args, console)
     host = lab.hosts[args.host]
-    service = host.mariadb if args.service == "mysql" else UnitService("seafbackup-agent", host.root)
+    service: object = host.mariadb if args.service == "mysql" else UnitService("seafbackup-agent", host.root)
+    if args.service == "mysql" and isinstance(lab, ClusterLab) and args.host in GALERA_NODES:
+        service = lab.galera(args.host)  # joins the running cluster
     if args.action == "status":
         pid = service.pid()
         console.print(f"{args.host} {args.service}: {f'running (pid {pid})' if pid else 'stopped'}")
@@ -148,15 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func in (("up", _cmd_up), ("down", _cmd_down), ("reset", _cmd_reset), ("status", _cmd_status)):
         p = sub.add_parser(name)
         p.add_argument("--json", action="store_true")
+        if name in ("up", "reset"):
+            p.add_argument("--cluster", action="store_true",
+                           help="a new lab is the cluster lab: three Galera nodes, two Seafile nodes, one backup")
         p.set_defaults(func=func)
     service = sub.add_parser("service", help="control a lab host's service as systemctl would")
-    service.add_argument("host", choices=("primary", "backup"))
+    service.add_argument("host", help="a lab host: primary, backup (cluster lab: node1-3, backup)")
     service.add_argument("service", choices=("mysql", "seafile", "agent"))
     service.add_argument("action", choices=("start", "stop", "restart", "status"))
     service.set_defaults(func=_cmd_service)
 
     cmd = sub.add_parser("cmd", help="run seaf-backup-cmd on a lab host (e.g. `cmd backup status`)")
-    cmd.add_argument("host", choices=("primary", "backup"))
+    cmd.add_argument("host", help="a lab host with Seafile (primary, backup; cluster lab: node1, node2, backup)")
     cmd.add_argument("args", nargs=argparse.REMAINDER, help="seaf-backup-cmd's arguments")
     cmd.set_defaults(func=_cmd_backup_cmd)
 
@@ -165,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sshd.set_defaults(func=_cmd_sshd)
 
     seafile = sub.add_parser("seafile", help="act like a Seafile server on a lab host")
-    seafile.add_argument("--host", choices=("primary", "backup"), default="primary")
+    seafile.add_argument("--host", default=None, help="primary (default; cluster lab: node1), backup, node2")
     ssub = seafile.add_subparsers(dest="seafile_cmd", required=True)
     create = ssub.add_parser("create", help="create a library; prints its id")
     create.add_argument("name")
@@ -188,8 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
-    lab = Lab(args.lab_dir or default_lab_dir())
+    lab = open_lab(args.lab_dir or default_lab_dir(), cluster=getattr(args, "cluster", False))
     try:
+        for name in ("host",):
+            value = getattr(args, name, None)
+            if name == "host" and value is None and args.command == "seafile":
+                args.host = lab.primary.name
+            elif value is not None and value not in lab.hosts:
+                raise LabError(f"no host {value!r} in this lab (hosts: {', '.join(lab.hosts)})")
         return args.func(lab, args, console)
     except LabError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}")

@@ -162,7 +162,7 @@ class Lab:
                 )
                 for db in DATABASES:
                     cur.execute(f"GRANT ALL PRIVILEGES ON `{db}`.* TO %s@'%%'", (SEAFILE_DB_USER,))
-                if host.name == "primary":
+                if self._is_binlog_source(host):
                     # What setup_backup.yml grants on the primary: the agent tails the binlog and writes the
                     # replicated heartbeat row into the marker database.
                     cur.execute(f"GRANT {PRIMARY_AGENT_PRIVILEGES} ON *.* TO %s@'%%'", (SEAFILE_DB_USER,))
@@ -172,6 +172,10 @@ class Lab:
                                 (SEAFILE_DB_USER,))
         finally:
             conn.close()
+
+    def _is_binlog_source(self, host: LabHost) -> bool:
+        """Hosts whose database the primary's agent reads the binlog of, with the marker database."""
+        return host.name == "primary"
 
     def _write_seafile_conf(self, host: LabHost) -> None:
         conf = host.seafile_conf_dir

@@ -118,15 +118,16 @@ class MariaDBServer:
         self.address = address
         self.port = port
 
-    def initialize(self) -> None:
-        """Write my.cnf and create an empty datadir (root authenticates over the socket)."""
+    def initialize(self, *, install: bool = True) -> None:
+        """Write my.cnf and create an empty datadir (root authenticates over the socket); `install=False`
+        writes my.cnf and the directories only (a Galera node that starts from another node's copy)."""
         for directory in (self.paths.conf_d, self.paths.run_dir, self.paths.log_dir, self.paths.tmp_dir,
                           self.paths.datadir.parent):
             directory.mkdir(parents=True, exist_ok=True)
         for directory in (self.paths.run_dir, self.paths.log_dir, self.paths.tmp_dir):
             _chown_mysql(directory)
         self.paths.my_cnf.write_text(render_my_cnf(self.paths, self.address, self.port))
-        if self.paths.datadir.is_dir():
+        if self.paths.datadir.is_dir() or not install:
             return
         # Installed aside and renamed when complete: a failed or interrupted install leaves no datadir that a
         # later `up` would take for a good one.
@@ -164,10 +165,10 @@ class MariaDBServer:
     def is_running(self) -> bool:
         return self.pid() is not None
 
-    def start(self, timeout: float = START_TIMEOUT) -> None:
+    def start(self, timeout: float = START_TIMEOUT, extra_args: list[str] | None = None) -> None:
         if self.is_running():
             return
-        cmd = ["mariadbd", f"--defaults-file={self.paths.my_cnf}"]
+        cmd = ["mariadbd", f"--defaults-file={self.paths.my_cnf}", *(extra_args or [])]
         with open(self.paths.output_log, "ab") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, close_fds=True)

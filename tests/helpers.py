@@ -35,6 +35,11 @@ PLAYBOOK_ADDRESSES = {"primary": f"{ADDR_PREFIX}5", "backup": f"{ADDR_PREFIX}6"}
 # The Ceph lab's own address (tests/objectstore): one cluster per address, moved per worker like the labs.
 CEPH_ADDRESS = lab_addr_prefix(os.environ.get("SEAFBACKUP_TEST_CEPH_ADDR", "127.0.0.71"),
                                os.environ.get("PYTEST_XDIST_WORKER", ""))
+# The cluster lab (tests/cluster): 127.0.0.31-36 by default, SEAFBACKUP_TEST_CLUSTER_ADDR_PREFIX (e.g. "127.0.8.")
+# moves it; pytest-xdist workers move it as the others.
+CLUSTER_ADDR_PREFIX = lab_addr_prefix(
+    os.environ.get("SEAFBACKUP_TEST_CLUSTER_ADDR_PREFIX")
+    or os.environ.get("SEAFBACKUP_TEST_ADDR_PREFIX", "127.0.0.2")[:-1] + "3", os.environ.get("PYTEST_XDIST_WORKER", ""))
 TEST_TMP = Path(os.environ.get("SEAFBACKUP_TEST_TMP", "/tmp"))
 # Labs started all at once by the load test.
 LOAD_ADDRESSES = [{"primary": f"{ADDR_PREFIX}{10 + 2 * n}", "backup": f"{ADDR_PREFIX}{11 + 2 * n}"} for n in range(3)]

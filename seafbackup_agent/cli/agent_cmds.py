@@ -116,6 +116,7 @@ def format_status(doc: dict) -> str:
         f"Current as of: {_when(pairing.get('current_as_of'))} "
         f"(RPO bound {_seconds(pairing.get('rpo_bound_seconds'))})",
         f"Primary agent last seen: {_when(pairing.get('primary_last_seen'))}",
+        *primary_node_lines(pairing.get("primary_nodes")),
     ]
     db_lag = pairing.get("db_lag") or {}
     lines.append(_noted(f"Database replication lag: {_seconds(db_lag.get('seconds'))}", db_lag.get("error")))
@@ -123,6 +124,25 @@ def format_status(doc: dict) -> str:
         lines.append(f"Last poll failed: {doc['last_poll_error']}")
     lines += progress_lines(doc.get("progress"))
     return "\n".join(lines)
+
+
+def primary_node_lines(nodes: list[dict] | None) -> list[str]:
+    """The primary's node in use, and with several nodes (a Seafile cluster) which of them answer."""
+    if not nodes:
+        return []
+    in_use = next((node["url"] for node in nodes if node["in_use"]), "none")
+    if len(nodes) == 1:
+        return [f"Primary node: {in_use}"]
+    lines = [f"Primary node in use: {in_use}"]
+    for node in nodes:
+        if node["answers"] is None:
+            said = "not asked yet"
+        elif node["answers"]:
+            said = f"answers (last {_when(node['answered_at'])})"
+        else:
+            said = f"does not answer since {_when(node['failed_at'])}: {node['error']}"
+        lines.append(f"  {node['url']}: {said}")
+    return lines
 
 
 def progress_lines(progress: dict | None) -> list[str]:

@@ -32,7 +32,7 @@ class _Connection(pymysql.connections.Connection):  # type: ignore[misc]  # PyMy
 
 def connect(settings: DatabaseSettings, *, autocommit: bool = True) -> pymysql.connections.Connection:
     try:
-        return _Connection(
+        conn = _Connection(
             host=settings.host,
             port=settings.port,
             user=settings.user,
@@ -49,6 +49,23 @@ def connect(settings: DatabaseSettings, *, autocommit: bool = True) -> pymysql.c
             f"cannot connect to database {settings.db_name} at {where} as {settings.user}: {exc.args[-1]}",
             hint="check that MariaDB/MySQL is running and the [database] section of seafile.conf",
         ) from exc
+    causal_reads_on_galera(conn)
+    return conn
+
+
+def causal_reads_on_galera(conn: pymysql.connections.Connection) -> None:
+    """On a Galera node (a Seafile cluster's database) this session's reads wait until the node has applied every
+    write set the cluster committed before them (`wsrep_sync_wait = 1`): what an agent reads on one node (the
+    library list, a head, the binlog's end) then holds every commit made through any node before the read.
+    Elsewhere nothing (`wsrep_on` off, or unknown to the server)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.wsrep_on")
+            row = cur.fetchone()
+            if row and int(row[0]):
+                cur.execute("SET SESSION wsrep_sync_wait = 1")
+    except (pymysql.MySQLError, TypeError, ValueError):
+        pass
 
 
 def error_code(exc: BaseException) -> int | None:

@@ -153,7 +153,8 @@ async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop:
     )
     contact = PrimaryContact(source.heartbeat, service.freshness, metrics, interval=settings.heartbeat_interval,
                              request_poll=service.request_poll, database=conf.database,
-                             marker_database=settings.heartbeat_database)
+                             marker_database=settings.heartbeat_database, nodes=source.nodes_doc,
+                             probe_nodes=source.probe_nodes)
     host, port = settings.listen
     notify_server = await start_server(create_backup_app(settings.sync_token, service.notified), host, port,
                                        ssl_context=_server_ssl(conf))
@@ -163,7 +164,7 @@ async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop:
     if settings.metrics_listen:
         metrics_server = await start_server(create_metrics_app(service), *settings.metrics_listen)
     log.info("backup agent: notifications on %s, control socket %s, primary %s", notify_server.url, socket_path,
-             settings.primary_url)
+             ", ".join(settings.primary_urls))
     try:
         await asyncio.gather(service.run(stop), contact.run(stop))
     finally:

@@ -68,6 +68,10 @@ class BackupService:
         self._poll_now = asyncio.Event()
         self._retry_failed_at_poll = False
         self.progress = StoreProgress(on_copied=metrics.copied)
+        self.notifications_received = 0
+        self.notifications_redundant = 0
+        """Notifications that queued nothing: the library already had, was syncing to or was queued for that head
+        (with a Seafile cluster every node's agent reports each head move: all but the first are redundant)."""
 
     # --- entry points ------------------------------------------------------------------------------
 
@@ -87,13 +91,15 @@ class BackupService:
     async def notified(self, repo_id: str, head: str | None) -> None:
         """A notification from the primary's agent."""
         self.metrics.notifications.inc()
+        self.notifications_received += 1
         status = self.state.get(repo_id)
         # A head already known is news only to a library still waiting for it: a synchronized library has
         # it, a running sync reads the primary's head after it started, and a failed one is retried on its
         # own schedule (re-notifications must not bypass the backoff and multiply attempts).
-        if status and head is not None and status.primary_head == head and status.state is not LibraryState.WAITING:
-            return
-        if head is not None and self._on_its_way(repo_id, head):
+        if (status and head is not None and status.primary_head == head and status.state is not LibraryState.WAITING) \
+                or (head is not None and self._on_its_way(repo_id, head)):
+            self.notifications_redundant += 1
+            self.metrics.notifications_redundant.inc()
             return
         self.enqueue(repo_id, head)
 

@@ -56,6 +56,15 @@ _LOOKUP = object()
 OnChange = Callable[[str, str | None], None]
 
 
+def causal_wait(cur: Any) -> None:
+    """A read before the binlog's end is read: on a Galera node (whose sessions wait for causality, see
+    `seafile.db.causal_reads_on_galera`) it returns once the node has applied every write set the cluster
+    committed before it, so the end read next holds every head move committed on any node before this moment (a
+    coverage barrier must not claim a commit still in this node's apply queue). Elsewhere a trivial read."""
+    cur.execute("SELECT 1 FROM Branch LIMIT 1")
+    cur.fetchall()
+
+
 def default_server_id(hostname: str | None = None) -> int:
     """The server id this host's binlog reader registers with: 2000000000-2099999999, from the host name.
 
@@ -228,6 +237,7 @@ class BinlogChangeDetector:
             if self._barrier_conn is None:
                 self._barrier_conn = connect(self.database)
             with self._barrier_conn.cursor() as cur:
+                causal_wait(cur)
                 end = self._binlog_end(cur)
         except BaseException:
             self.close_barrier()
@@ -260,6 +270,7 @@ class BinlogChangeDetector:
                 if str(binlog_format).upper() != "ROW":
                     raise BinlogUnavailable(f"binlog_format is {binlog_format}, not ROW",
                                             hint="set binlog_format=ROW (setup_backup.yml does)")
+                causal_wait(cur)
                 position = self._binlog_end(cur)
             return _Start(position, dict(LibraryRows(conn).iter_heads()), read_at)
         finally:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,8 @@ class DbLag:
 class PrimaryContact:
     def __init__(self, pull: Callable[[], Any], tracker: FreshnessTracker, metrics: AgentMetrics, *,
                  interval: float, request_poll: Callable[..., None], database: DatabaseSettings | None = None,
-                 marker_database: str = "seafbackup") -> None:
+                 marker_database: str = "seafbackup", nodes: Callable[[], list[dict[str, Any]]] | None = None,
+                 probe_nodes: Callable[[], Awaitable[None]] | None = None) -> None:
         self.pull = pull
         self.tracker = tracker
         self.metrics = metrics
@@ -47,8 +48,29 @@ class PrimaryContact:
         self.clock_offset_low: float | None = None
         """A lower bound of (backup clock - primary clock), from the last heartbeat's round trip."""
         self.db_lag: DbLag | None = None
+        self.nodes = nodes
+        """The primary's nodes as the source knows them (URL, in use, answers), for `status`."""
+        self.probe_nodes = probe_nodes
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.probe_nodes is not None and self.nodes is not None and len(self.nodes()) > 1:
+            await asyncio.gather(self._pull(stop), self._probe(stop))
+        else:
+            await self._pull(stop)
+
+    async def _probe(self, stop: asyncio.Event) -> None:
+        """Every interval, the primary's nodes not in use are asked for a heartbeat: `status` says which answer
+        (the node in use answers the pulls themselves)."""
+        assert self.probe_nodes is not None
+        while not stop.is_set():
+            await self.probe_nodes()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+
+    def nodes_doc(self) -> list[dict[str, Any]] | None:
+        return self.nodes() if self.nodes is not None else None
+
+    async def _pull(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
                 await self.pull_once()

@@ -42,6 +42,9 @@ def status_document(service: BackupService, contact: PrimaryContact | None = Non
         libraries.append(doc)
     pairing = fresh.as_dict()
     pairing["db_lag"] = contact.db_lag_doc() if contact is not None else None
+    nodes = contact.nodes_doc() if contact is not None else None
+    pairing["primary_nodes"] = nodes
+    pairing["primary_node"] = next((node["url"] for node in nodes or [] if node["in_use"]), None)
     return {
         "mode": "backup",
         "healthy": known and counts[LibraryState.FAILED.value] == 0,
@@ -49,6 +52,7 @@ def status_document(service: BackupService, contact: PrimaryContact | None = Non
         "total": len(libraries),
         "counts": counts,
         "queue_depth": len(service._queued),
+        "notifications": {"received": service.notifications_received, "redundant": service.notifications_redundant},
         "last_poll": service.last_poll,
         "last_poll_error": service.last_poll_error,
         "libraries": libraries,

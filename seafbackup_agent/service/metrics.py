@@ -38,6 +38,10 @@ class AgentMetrics:
         self.poll_seconds = Histogram("seafbackup_poll_seconds", "Duration of a full poll", registry=r)
         self.notifications = Counter(
             "seafbackup_notifications", "Head-move notifications sent (primary) or received (backup)", registry=r)
+        self.notifications_redundant = Counter(
+            "seafbackup_notifications_redundant",
+            "Notifications received that queued nothing: that head was already synchronized, syncing or queued "
+            "(backup; a Seafile cluster's nodes each report every head move)", registry=r)
         self.notify_failures = Counter(
             "seafbackup_notify_failures", "Notifications or backup health checks that failed (primary)", ["reason"],
             registry=r)

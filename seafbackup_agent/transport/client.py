@@ -7,20 +7,23 @@ or a block, which are checked against their ids, come without a digest. Connecti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import re
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from seafbackup_agent.config import SeafileConf
-from seafbackup_agent.errors import ConfigError
+from seafbackup_agent.errors import ConfigError, SeafBackupError
 from seafbackup_agent.seafile import ids
 from seafbackup_agent.seafile.library import LibraryMeta
 from seafbackup_agent.seafile.treediff import TreeDiff
@@ -49,39 +52,82 @@ HEAD_COMMITS_KEPT = 256
 """fs ids per request; `fs_objects()` splits longer lists and runs up to `parallel` requests at once."""
 
 
+@dataclass(slots=True)
+class PeerNode:
+    """One of the peer's nodes (a Seafile cluster's primary has several) and what it last did."""
+
+    url: str
+    answered_at: float | None = None
+    failed_at: float | None = None
+    error: str | None = None
+
+    @property
+    def answers(self) -> bool | None:
+        """True if its last request was answered, False if it failed, None before the first."""
+        if self.answered_at is None and self.failed_at is None:
+            return None
+        return (self.answered_at or 0) >= (self.failed_at or 0)
+
+
 class _SignedClient:
-    """One `aiohttp.ClientSession` (pooled connections) to one peer, with signing and retries."""
+    """One `aiohttp.ClientSession` (pooled connections) to one peer, with signing and retries.
+
+    The peer may have several nodes (`base_url` a list: a Seafile cluster's primary, each node running an
+    agent): requests go to one node while it answers; a node that does not (no connection, a timeout, a 5xx
+    answer) is left at once for the next one, without the backoff, which only applies once every node has
+    failed in a row. The node in use stays until it fails."""
 
     peer = "peer"
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         token: str,
         *,
         ca_file: str | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
         read_timeout: float = 60.0,
         retries: int = 4,
         backoff: float = 0.25,
         max_backoff: float = 8.0,
         connections: int = 16,
     ) -> None:
-        url = URL(base_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(f"{base_url!r} is not an http:// or https:// URL")
-        if url.user or url.password or url.query_string or url.fragment:
-            raise ConfigError(f"{self.peer} URL must not carry credentials, a query or a fragment")
-        self.base_url = str(url.with_path(url.path.rstrip("/")))
-        self._base = URL(self.base_url)
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ConfigError(f"no {self.peer} URL given")
+        self.nodes = [PeerNode(self._checked_url(u)) for u in urls]
+        self._current = 0
         self._signer = RequestSigner(token)
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context(cafile=ca_file) if url.scheme == "https" else None
+        https = any(node.url.startswith("https:") for node in self.nodes)
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context(cafile=ca_file) if https else None
+        if connect_timeout is None:
+            # With several nodes a node that does not answer costs this long before the next one is asked.
+            connect_timeout = 10.0 if len(self.nodes) == 1 else 2.0
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+
+    def _checked_url(self, base_url: str) -> str:
+        url = URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"{base_url!r} is not an http:// or https:// URL")
+        if url.user or url.password or url.query_string or url.fragment:
+            raise ConfigError(f"{self.peer} URL must not carry credentials, a query or a fragment")
+        return str(url.with_path(url.path.rstrip("/")))
+
+    @property
+    def base_url(self) -> str:
+        """The node in use."""
+        return self.nodes[self._current].url
+
+    def nodes_doc(self) -> list[dict[str, Any]]:
+        """Each node: its URL, whether it is the one in use, whether it answers (its last request), when."""
+        return [{"url": node.url, "in_use": i == self._current, "answers": node.answers,
+                 "answered_at": node.answered_at, "failed_at": node.failed_at,
+                 "error": None if node.answers else node.error} for i, node in enumerate(self.nodes)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
@@ -122,8 +168,20 @@ class _SignedClient:
             )
         return doc
 
-    def _url(self, path: str) -> URL:
-        return self._base.with_path(self._base.path.rstrip("/") + path, encoded=True)
+    def _url(self, path: str, node: int) -> URL:
+        base = URL(self.nodes[node].url)
+        return base.with_path(base.path.rstrip("/") + path, encoded=True)
+
+    def _node_failed(self, node: int, failure: Exception) -> None:
+        self.nodes[node].failed_at = time.time()
+        self.nodes[node].error = str(failure) or repr(failure)
+
+    def _node_answered(self, node: int, *, adopt: bool) -> None:
+        self.nodes[node].answered_at = time.time()
+        if adopt and node != self._current:
+            log.warning("%s node %s does not answer (%s): using %s", self.peer, self.nodes[self._current].url,
+                        self.nodes[self._current].error, self.nodes[node].url)
+            self._current = node
 
     async def _reason(self, response: aiohttp.ClientResponse) -> str:
         try:
@@ -132,20 +190,21 @@ class _SignedClient:
         except (ValueError, UnicodeDecodeError, aiohttp.ClientError):
             return ""
 
-    def _auth_error(self, reason: str) -> AuthenticationError:
+    def _auth_error(self, reason: str, base_url: str | None = None) -> AuthenticationError:
+        base_url = base_url or self.base_url
         if reason == "signature mismatch":
             return AuthenticationError(
-                f"the {self.peer} at {self.base_url} rejected our signature: sync_token differs between primary "
+                f"the {self.peer} at {base_url} rejected our signature: sync_token differs between primary "
                 "and backup",
                 hint="set the same [backup] sync_token in seafile.conf on both hosts",
             )
         if "window" in reason:
             return AuthenticationError(
-                f"the {self.peer} at {self.base_url} rejected our request time: the clocks of primary and backup "
+                f"the {self.peer} at {base_url} rejected our request time: the clocks of primary and backup "
                 "differ by more than the allowed window",
                 hint="run NTP (chrony or systemd-timesyncd) on both hosts",
             )
-        return AuthenticationError(f"the {self.peer} at {self.base_url} refused authentication: {reason or '401'}")
+        return AuthenticationError(f"the {self.peer} at {base_url} refused authentication: {reason or '401'}")
 
     async def _call(
         self,
@@ -159,59 +218,85 @@ class _SignedClient:
         retries: int | None = None,
         objects: bool = False,
         covered: tuple[str, ...] = (),
+        pin: int | None = None,
     ) -> T:
         """Send a signed request (new nonce on every attempt) and `read` the answer; retry what may pass.
 
         `read` gets responses whose status is in `ok`, verified first (`_verify`). `objects`: a 200 answer
         holds objects the caller checks against their ids, and carries no digest. `covered`: response
-        header fields that must be signed (the caller acts on them).
+        header fields that must be signed (the caller acts on them). `pin`: ask only that node (a probe).
         """
-        url = self._url(path)
-        path_qs = url.raw_path_qs
+        path_qs = self._url(path, 0).raw_path_qs  # the same on every node: the signature covers no host
         session = self._get_session()
         headers = {"Content-Type": content_type} if content_type else {}
         delay = self.backoff
         failure: Exception | None = None
+        failures: dict[str, str] = {}
         retries = self.retries if retries is None else retries
-        for attempt in range(retries + 1):
-            if attempt:
+        node = self._current if pin is None else pin
+        tried = {node}
+        attempt = 0
+        switched = False
+        while attempt <= retries:
+            if attempt and not switched:
                 await asyncio.sleep(min(delay, self.max_backoff) * (0.5 + random.random()))
                 delay *= 2
+            switched = False
             signed = {**headers, **self._signer.headers(method, path_qs, body)}
+            base_url = self.nodes[node].url
             try:
                 async with session.request(
-                    method, url, data=body or None, headers=signed, allow_redirects=False
+                    method, self._url(path, node), data=body or None, headers=signed, allow_redirects=False
                 ) as response:
                     if response.status >= 500 or response.status == 429:
                         reason = await self._reason(response)
                         failure = RemoteError(
-                            f"the {self.peer} at {self.base_url} answered {response.status} to {method} {path}"
+                            f"the {self.peer} at {base_url} answered {response.status} to {method} {path}"
                             + (f": {reason}" if reason else ""),
                             status=response.status,
                         )
                         log.debug("%s %s: %s (attempt %d)", method, path, failure, attempt + 1)
-                        continue
-                    if response.status == 401:
-                        raise self._auth_error(await self._reason(response))
-                    if response.status not in ok:
-                        reason = await self._reason(response)
-                        raise RemoteError(
-                            f"the {self.peer} at {self.base_url} answered {response.status} to {method} {path}"
-                            + (f": {reason}" if reason else ""),
-                            status=response.status,
-                        )
-                    content = await response.read()  # kept by aiohttp: `read` reads it again for free
-                    self._verify(method, path_qs, signed, response,
-                                 None if objects and response.status == 200 else content, covered)
-                    return await read(response)
+                    else:
+                        if response.status == 401:
+                            raise self._auth_error(await self._reason(response), base_url)
+                        if response.status not in ok:
+                            reason = await self._reason(response)
+                            raise RemoteError(
+                                f"the {self.peer} at {base_url} answered {response.status} to {method} {path}"
+                                + (f": {reason}" if reason else ""),
+                                status=response.status,
+                            )
+                        content = await response.read()  # kept by aiohttp: `read` reads it again for free
+                        self._verify(method, path_qs, signed, response,
+                                     None if objects and response.status == 200 else content, covered, base_url)
+                        result = await read(response)
+                        self._node_answered(node, adopt=pin is None)
+                        return result
             except aiohttp.ClientSSLError as exc:
                 raise TLSError(
-                    f"HTTPS to the {self.peer} at {self.base_url} failed: {exc}",
+                    f"HTTPS to the {self.peer} at {base_url} failed: {exc}",
                     hint="use a certificate the system trusts, or pass the CA file (ca_file) that signed it",
                 ) from exc
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 failure = exc
                 log.debug("%s %s: %r (attempt %d)", method, path, exc, attempt + 1)
+            self._node_failed(node, failure)
+            failures[base_url] = str(failure) or repr(failure)
+            untried = [n for n in self._node_order() if n not in tried] if pin is None else []
+            if untried:
+                node = untried[0]  # the next node at once, no backoff
+                tried.add(node)
+                switched = True
+                continue
+            attempt += 1
+            node = self._current if pin is None else pin
+            tried = {node}
+        if len(failures) > 1:
+            said = "; ".join(f"{url}: {why}" for url, why in failures.items())
+            raise UnreachableError(
+                f"no node of the {self.peer} answers after {retries + 1} attempts ({said})",
+                hint=f"check that the seafbackup agent runs on the {self.peer}'s nodes and listens at those URLs",
+            )
         if isinstance(failure, RemoteError):
             raise RemoteError(f"{failure.message} (after {retries + 1} attempts)", status=failure.status)
         raise UnreachableError(
@@ -220,14 +305,20 @@ class _SignedClient:
             hint=f"check that the seafbackup agent runs on the {self.peer} and listens at that URL",
         )
 
+    def _node_order(self) -> list[int]:
+        """Nodes from the one in use on, wrapping around."""
+        n = len(self.nodes)
+        return [(self._current + i) % n for i in range(n)]
+
     def _verify(self, method: str, path_qs: str, request_headers: dict[str, str],
-                response: aiohttp.ClientResponse, content: bytes | None, covered: tuple[str, ...]) -> None:
+                response: aiohttp.ClientResponse, content: bytes | None, covered: tuple[str, ...],
+                base_url: str) -> None:
         try:
             self._signer.verify_response(method, path_qs, request_headers, response.status, response.headers,
                                          content, require=covered)
         except ResponseSignatureError as exc:
             raise ResponseAuthenticationError(
-                f"the answer of the {self.peer} at {self.base_url} to {method} {path_qs} failed authentication "
+                f"the answer of the {self.peer} at {base_url} to {method} {path_qs} failed authentication "
                 f"({exc}): it was changed on the way, or does not come from an agent with our sync_token; "
                 "nothing of it was used",
                 hint="use HTTPS between the agents (ssl_cert/ssl_key, https:// URLs) if something on the network "
@@ -248,7 +339,8 @@ class HttpSource(_SignedClient):
 
     peer = "primary"
 
-    def __init__(self, base_url: str, token: str, *, fs_batch: int = FS_BATCH, parallel: int = 16, **options: Any):
+    def __init__(self, base_url: str | Sequence[str], token: str, *, fs_batch: int = FS_BATCH, parallel: int = 16,
+                 **options: Any):
         super().__init__(base_url, token, **options)
         if not 0 < fs_batch <= MAX_PACK_IDS:
             raise ConfigError(f"fs_batch must be between 1 and {MAX_PACK_IDS}")
@@ -262,7 +354,7 @@ class HttpSource(_SignedClient):
         """From the backup's seafile.conf: `[backup] primary_url` and `sync_token`."""
         if conf.backup is None or not conf.backup.primary_url:
             raise ConfigError(f"{conf.path}: [backup] primary_url is not set", hint="this host is not a backup")
-        return cls(conf.backup.primary_url, conf.backup.sync_token, **options)
+        return cls(list(conf.backup.primary_urls), conf.backup.sync_token, **options)
 
     async def _optional(self, response: aiohttp.ClientResponse) -> bytes | None:
         if response.status == 404:
@@ -276,11 +368,20 @@ class HttpSource(_SignedClient):
         return await response.read()
 
     async def heartbeat(self) -> Any:
-        """The primary's heartbeat (one attempt: the caller pulls again at its own pace)."""
+        """The primary's heartbeat (one attempt on each node at most: the caller pulls again at its own pace)."""
         try:
             return await self._call("GET", "/v1/heartbeat", _read_json, retries=0)
         except ValueError as exc:
             raise ProtocolError(f"{self.base_url} sent a heartbeat that is not JSON") from exc
+
+    async def probe_nodes(self) -> None:
+        """Ask each node not in use for a heartbeat, once (for `status`: which nodes answer)."""
+
+        async def probe(node: int) -> None:
+            with contextlib.suppress(SeafBackupError, ValueError):
+                await self._call("GET", "/v1/heartbeat", _read_json, retries=0, pin=node)
+
+        await asyncio.gather(*(probe(n) for n in range(len(self.nodes)) if n != self._current))
 
     async def libraries(self) -> AsyncIterator[tuple[str, str]]:
         """Every library as (repo_id, head); raises unless the list arrived complete (and verified)."""
