@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the lab and the tests need. Installs only what is missing; safe to run twice.
 set -euo pipefail
-packages=(mariadb-server mariadb-client rsync openssh-server openssh-client python3-venv prometheus iproute2)
+packages=(mariadb-server mariadb-client rsync openssh-server openssh-client python3-venv prometheus iproute2
+          debootstrap systemd-container)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
