@@ -14,6 +14,7 @@ from rich.table import Table
 
 from seafbackup_agent.config import CONF_DIR_VARIABLE, DATA_DIR_VARIABLE
 from seafbackup_lab.cluster import GALERA_NODES, ClusterLab, open_lab
+from seafbackup_lab.hosts import HostsLab, build_image, default_hosts_lab_dir
 from seafbackup_lab.lab import Lab, default_lab_dir, render_inventory
 from seafbackup_lab.mariadb import LabError
 from seafbackup_lab.services import UnitService
@@ -118,6 +119,28 @@ def _cmd_sshd(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_hosts(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    """The hosts lab: two Debian containers booting systemd (seafbackup_lab.hosts); its own directory."""
+    hosts = HostsLab(args.hosts_dir or default_hosts_lab_dir())
+    if args.action == "image":
+        console.print(f"image: {build_image(hosts.cache)}")
+    elif args.action == "up":
+        timings = hosts.up()
+        console.print(f"image {timings['image']:.1f} s, boot {timings['boot']:.1f} s; inventory: {hosts.inventory}")
+    elif args.action == "down":
+        hosts.down(remove=args.remove)
+        console.print("containers stopped" + (" and removed" if args.remove else ""))
+    elif args.action == "restart":
+        for name in args.host or list(hosts.hosts):
+            console.print(f"{name} rebooted in {hosts.restart(name):.1f} s")
+    elif args.action == "ssh":
+        [name, *command] = args.host or ["primary"]
+        return subprocess.run([*hosts.ssh_command(name), *command], check=False).returncode
+    else:
+        print(json.dumps(hosts.status(), indent=2))
+    return 0
+
+
 def _cmd_seafile(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     with _server(lab, args.host) as server:
         if args.seafile_cmd == "create":
@@ -169,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     sshd = sub.add_parser("sshd", help="start/stop an sshd on each host's address, port 2222 (key auth)")
     sshd.add_argument("action", choices=("up", "down"))
     sshd.set_defaults(func=_cmd_sshd)
+
+    hosts = sub.add_parser("hosts", help="the hosts lab: two Debian containers booting systemd, over real SSH")
+    hosts.add_argument("action", choices=("image", "up", "down", "restart", "ssh", "status"))
+    hosts.add_argument("host", nargs=argparse.REMAINDER, help="restart: hosts (default both); ssh: host and command")
+    hosts.add_argument("--dir", dest="hosts_dir", type=Path, default=None, help="default: .lab-hosts/")
+    hosts.add_argument("--remove", action="store_true", help="down: also delete the containers' filesystems")
+    hosts.set_defaults(func=_cmd_hosts)
 
     seafile = sub.add_parser("seafile", help="act like a Seafile server on a lab host")
     seafile.add_argument("--host", default=None, help="primary (default; cluster lab: node1), backup, node2")
