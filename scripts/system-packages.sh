@@ -3,9 +3,9 @@
 set -euo pipefail
 # ceph-* and radosgw: the lab's Ceph cluster (seafbackup_lab/ceph.py); python3-rados: librados for the agent's
 # Ceph backend; rclone: what the object-storage benchmarks compare with. debootstrap and systemd-container: the
-# hosts lab (seafbackup_lab/hosts.py).
+# hosts lab (seafbackup_lab/hosts.py). galera-4: the cluster lab (seafbackup_lab/cluster.py).
 packages=(mariadb-server mariadb-client rsync openssh-server openssh-client python3-venv prometheus iproute2
-          ceph-mon ceph-mgr ceph-osd ceph-common radosgw python3-rados rclone debootstrap systemd-container)
+          ceph-mon ceph-mgr ceph-osd ceph-common radosgw python3-rados rclone debootstrap systemd-container galera-4)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
