@@ -39,7 +39,7 @@ MIRROR = os.environ.get("SEAFBACKUP_HOSTS_MIRROR", "http://deb.debian.org/debian
 # venv, PyMySQL for the community.mysql modules (the production inventory names it as a requirement).
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "iproute2", "mariadb-server", "mariadb-client", "openssh-server",
-    "python3", "python3-venv", "python3-pymysql", "sudo", "procps", "less",
+    "python3", "python3-venv", "python3-pymysql", "python3-packaging", "sudo", "procps", "less",
 )
 # The Seafile database account's password in the image: a lab secret, committed on purpose.
 SEAFILE_DB_PASSWORD = "lab-seafile-db-secret"
