@@ -149,6 +149,13 @@ class BackendStore:
     def batch(self, *, max_objects: int = 0, max_bytes: int = 0, flush_seconds: float = 0.0) -> PutBatch:
         return PutBatch(self)
 
+    def prepare(self) -> None:
+        """The index of each object-storage type ready (rebuilt from a LIST if it cannot be trusted)."""
+        if self.index is not None:
+            for obj_type, backend in self.backends.items():
+                if not isinstance(backend, FsTypeBackend):
+                    self._index_ready(obj_type)
+
     def rebuild_index(self) -> dict[ObjType, int]:
         """Rebuild the index of every object-storage type from a LIST now; objects listed per type."""
         listed = {}

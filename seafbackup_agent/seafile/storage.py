@@ -54,6 +54,10 @@ class ObjectStore(Protocol):
 
     def read_many(self, obj_type: ObjType, store_id: str, obj_ids: Sequence[str]) -> dict[str, bytes]: ...
 
+    def prepare(self) -> None:
+        """Get ready to answer `exists` quickly (blocking: from a worker thread)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -100,6 +104,9 @@ class FilesystemStore:
             if data is not None:
                 found[obj_id] = data
         return found
+
+    def prepare(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -31,7 +31,7 @@ from seafbackup_agent.seafile.objects import (
     parse_fs_object,
     verify_block,
 )
-from seafbackup_agent.seafile.storage import ObjectBatch, ObjType
+from seafbackup_agent.seafile.storage import FilesystemStore, ObjectBatch, ObjType
 from seafbackup_agent.sync.progress import LibraryProgress, ProgressCallback
 from seafbackup_agent.sync.result import (
     NotDescendantError,
@@ -129,6 +129,8 @@ class SyncEngine:
                     on_progress: ProgressCallback | None,
                     on_head: Callable[[str | None], None] | None) -> SyncResult:
         old_head = await asyncio.to_thread(self._target_head, repo_id)
+        # Object storage: the index of what the target holds is ready before the walk asks it (in line).
+        await asyncio.to_thread(self.target.store.prepare)
         rows = self.target.rows
         meta = await self.source.library(repo_id)
         if on_head is not None:
@@ -183,6 +185,13 @@ class SyncEngine:
         )
         return run.result
 
+    async def _target_read(self, obj_type: ObjType, store_id: str, obj_id: str) -> bytes | None:
+        """An object of the target: in line from local files, from a thread from object storage (a GET)."""
+        store = self.target.store
+        if isinstance(store, FilesystemStore):
+            return store.read(obj_type, store_id, obj_id)
+        return await asyncio.to_thread(store.read, obj_type, store_id, obj_id)
+
     def _target_head(self, repo_id: str) -> str | None:
         """The backup's head, on a connection replaced first if the server closed it (restart, wait_timeout):
         a long-lived worker's next sync must not fail on it. Tried as is first: no ping per sync."""
@@ -233,7 +242,7 @@ class SyncEngine:
         """Is the backup's head an ancestor of the source head? Looks through the target's own commits
         from where the walk stopped (a copy interrupted earlier may have left newer commits there)."""
         repo_id = run.meta.repo_id
-        old = self.target.store.read(ObjType.COMMITS, repo_id, old_head)
+        old = await self._target_read(ObjType.COMMITS, repo_id, old_head)
         floor = parse_commit(old).ctime - ANCESTRY_CTIME_SLACK if old else 0
         seen: set[str] = set()
         pending = list(stops)
@@ -244,7 +253,7 @@ class SyncEngine:
             if cid in seen:
                 continue
             seen.add(cid)
-            raw = self.target.store.read(ObjType.COMMITS, repo_id, cid)
+            raw = await self._target_read(ObjType.COMMITS, repo_id, cid)
             if raw is None:
                 continue
             commit = parse_commit(raw)
@@ -279,7 +288,7 @@ class SyncEngine:
         parent = run.new_commits.get(commit.parents[0])
         parent_on_target = parent is None
         if parent is None:
-            raw = self.target.store.read(ObjType.COMMITS, run.meta.repo_id, commit.parents[0])
+            raw = await self._target_read(ObjType.COMMITS, run.meta.repo_id, commit.parents[0])
             if raw is None:
                 return
             try:
