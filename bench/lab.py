@@ -102,9 +102,8 @@ class Agents:
         host = self.lab.hosts[name]
         log = open(self.log_path(name), "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            # -v on the backup only: its poll timings are log lines; the primary would log every request.
-            [sys.executable, "-m", "seafbackup_agent.cli.main", *(["-v"] if name == "backup" else []), "agent",
-             "--conf-dir",
+            # Without -v: the poll timings are INFO lines; -v would log every request (DEBUG).
+            [sys.executable, "-m", "seafbackup_agent.cli.main", "agent", "--conf-dir",
              str(host.seafile_conf_dir), "--data-dir", str(host.seafile_data_dir)],
             stdout=log, stderr=log)
         log.close()

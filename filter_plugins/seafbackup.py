@@ -38,12 +38,6 @@ def seafbackup_change_source(flav, host, port, user, password, connect_retry=60,
     return {"sql": sql, "params": params}
 
 
-def seafbackup_replica_status(rows, flav):
-    """The first row of SHOW SLAVE/REPLICA STATUS (as mysql_query returns it) in flavour-neutral keys."""
-    row = rows[0] if isinstance(rows, list) and rows else rows
-    return _flavour.replica_status(flav, row or None)
-
-
 def seafbackup_binlog_expire(flav, days):
     """-> [variable, value] for the primary's drop-in."""
     return list(_flavour.binlog_expire_setting(flav, days))
@@ -111,7 +105,6 @@ class FilterModule:
         return {
             "seafbackup_flavour": seafbackup_flavour,
             "seafbackup_change_source": seafbackup_change_source,
-            "seafbackup_replica_status": seafbackup_replica_status,
             "seafbackup_binlog_expire": seafbackup_binlog_expire,
             "seafbackup_ini_value": seafbackup_ini_value,
             "seafbackup_libraries_behind": seafbackup_libraries_behind,

@@ -92,38 +92,21 @@ replication_after:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-
-try:
-    from ansible.module_utils.seafbackup_flavour import describe
-except ImportError:  # pragma: no cover
-    describe = None
-
-from ansible.module_utils.seafbackup_login import LOGIN_ARGUMENT_SPEC, MySQLError, connect
+from ansible.module_utils.seafbackup_login import LOGIN_ARGUMENT_SPEC, MySQLError, connect, read_server
 
 REPO_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 DB_NAME = re.compile(r"^[A-Za-z0-9_$]+$")
 
 
-def replication_state(cur, flavour):
-    cur.execute(flavour["show_replica_status"])
-    row = cur.fetchone()
-    cur.execute("SELECT @@GLOBAL.read_only AS ro")
-    state = {"read_only": int(cur.fetchone()["ro"])}
-    if flavour["name"] == "mysql":
-        cur.execute("SELECT @@GLOBAL.super_read_only AS sro")
-        state["super_read_only"] = int(cur.fetchone()["sro"])
-    if not row:
-        state["configured"] = False
-        return state
-    cols = flavour["columns"]
-    state.update(
-        configured=True,
-        source_host=row.get(cols["source_host"]),
-        io_running=row.get(cols["io_running"]),
-        sql_running=row.get(cols["sql_running"]),
-        seconds_behind=row.get(cols["seconds_behind"]),
-    )
-    return state
+def replication_state(cur):
+    """The flavour and what the promotion changes: replication (flavour-neutral keys, `configured` when the server
+    is a replica) and read_only (and super_read_only on MySQL) as 0/1."""
+    server = read_server(cur)
+    state = {"configured": server["replica"] is not None, **(server["replica"] or {}),
+             "read_only": int(server["read_only"])}
+    if "super_read_only" in server:
+        state["super_read_only"] = int(server["super_read_only"])
+    return server["flavour"], state
 
 
 def plan(cur, flavour, before, seafile_db, failed):
@@ -168,8 +151,6 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if describe is None:
-        module.fail_json(msg="module_utils seafbackup_flavour is missing")
     if not DB_NAME.match(p["seafile_db"]):
         module.fail_json(msg=f"seafile_db {p['seafile_db']!r} is not a database name")
     bad = [r for r in p["failed_libraries"] if not REPO_ID.match(r)]
@@ -179,11 +160,9 @@ def main():
     conn = connect(module, "the backup's database server")
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT VERSION() AS v")
-            flavour = describe(cur.fetchone()["v"])
+            flavour, before = replication_state(cur)
             if not flavour.get("supported"):
                 module.fail_json(msg=flavour["problem"])
-            before = replication_state(cur, flavour)
             statements, tokens = plan(cur, flavour, before, p["seafile_db"], failed)
             result = {
                 "changed": bool(statements),
@@ -200,7 +179,7 @@ def main():
                     cur.execute(sql, params)
                 except MySQLError as exc:
                     module.fail_json(msg=f"{_shown(sql)} failed: {exc}", **result)
-            result["replication_after"] = replication_state(cur, flavour)
+            result["replication_after"] = replication_state(cur)[1]
     finally:
         conn.close()
     module.exit_json(**result)

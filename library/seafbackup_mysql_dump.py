@@ -42,17 +42,23 @@ options:
     type: bool
     default: true
   login_unix_socket:
-    description: Socket of the server to dump; the dump connects as I(login_user) through it.
+    description: Socket of the server to dump; the module and the dump connect as O(login_user) through it.
     type: path
-    required: true
+  login_host:
+    description: Host of the server when no socket is given.
+    type: str
+    default: localhost
+  login_port:
+    description: Port of the server when no socket is given.
+    type: int
+    default: 3306
   login_user:
     description: Account with C(SELECT), C(RELOAD), C(LOCK TABLES), C(SHOW VIEW), C(EVENT), C(TRIGGER).
     type: str
     default: root
   login_password:
-    description: Its password; empty for unix-socket authentication.
+    description: Its password; empty for unix-socket authentication. Passed to the dump in its environment.
     type: str
-    default: ''
 attributes:
   check_mode:
     support: full
@@ -111,25 +117,22 @@ import os
 import subprocess
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.seafbackup_flavour import FlavourError, dump_args, flavour, parse_dump_header
-
-try:
-    import pymysql
-except ImportError:  # pragma: no cover - reported by the module
-    pymysql = None
+from ansible.module_utils.seafbackup_login import LOGIN_ARGUMENT_SPEC, connect
 
 HEADER_BYTES = 64 * 1024
 
 
-def _connect(params):
-    return pymysql.connect(unix_socket=params["login_unix_socket"], user=params["login_user"],
-                           password=params["login_password"] or "", autocommit=True)
-
-
 def _connection_args(params):
-    args = [f"--socket={params['login_unix_socket']}", f"--user={params['login_user']}"]
-    return args
+    """The dump client reaches the server the way the module did."""
+    if params["login_unix_socket"]:
+        return [f"--socket={params['login_unix_socket']}", f"--user={params['login_user']}"]
+    return [f"--host={params['login_host']}", f"--port={params['login_port']}", f"--user={params['login_user']}"]
+
+
+def _first(row):
+    return next(iter(row.values())) if row else None
 
 
 def _read_edges(path):
@@ -154,29 +157,22 @@ def _run_dump(module, argv, params):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            databases=dict(type="list", elements="str", required=True),
-            ignore_tables=dict(type="list", elements="str", default=[]),
-            method=dict(type="str", choices=["online", "locked"], default="online"),
-            use_gtid=dict(type="bool", default=True),
-            login_unix_socket=dict(type="path", required=True),
-            login_user=dict(type="str", default="root"),
-            login_password=dict(type="str", default="", no_log=True),
-        ),
+        argument_spec={
+            "path": {"type": "path", "required": True},
+            "databases": {"type": "list", "elements": "str", "required": True},
+            "ignore_tables": {"type": "list", "elements": "str", "default": []},
+            "method": {"type": "str", "choices": ["online", "locked"], "default": "online"},
+            "use_gtid": {"type": "bool", "default": True},
+            **LOGIN_ARGUMENT_SPEC,
+        },
         supports_check_mode=True,
     )
-    if pymysql is None:
-        module.fail_json(msg=missing_required_lib("PyMySQL"))
     params = module.params
-    try:
-        conn = _connect(params)
-    except pymysql.MySQLError as exc:
-        module.fail_json(msg=f"cannot connect through {params['login_unix_socket']}: {exc}")
+    conn = connect(module, "the primary's database server")
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            flav = flavour(cur.fetchone()[0])
+            cur.execute("SELECT VERSION() AS version")
+            flav = flavour(cur.fetchone()["version"])
         path = params["path"]
         argv = dump_args(flav, params["databases"], params["ignore_tables"], params["method"], params["use_gtid"],
                          result_file=path)
@@ -196,9 +192,9 @@ def main():
                     cur.execute(flav["show_binlog_status"])
                     row = cur.fetchone()
                     if row:
-                        coords["log_file"], coords["log_pos"] = row[0], int(row[1])
+                        coords["log_file"], coords["log_pos"] = row["File"], int(row["Position"])
                     cur.execute(flav["gtid_position_query"])
-                    coords["gtid"] = cur.fetchone()[0]
+                    coords["gtid"] = _first(cur.fetchone())
                     _run_dump(module, argv, params)
                 finally:
                     cur.execute("UNLOCK TABLES")

@@ -234,14 +234,8 @@ import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-
-try:
-    from ansible.module_utils.seafbackup_flavour import describe
-except ImportError:  # pragma: no cover - shipped with the collection of roles
-    describe = None
-
 from ansible.module_utils.seafbackup_errors import ExitCode
-from ansible.module_utils.seafbackup_login import LOGIN_ARGUMENT_SPEC, connect
+from ansible.module_utils.seafbackup_login import LOGIN_ARGUMENT_SPEC, connect, read_server
 
 STATUS_DOCUMENT_CODES = (ExitCode.OK, ExitCode.STALE, ExitCode.FAILED_LIBRARIES)
 """`seaf-backup-cmd status --json` prints its document with these exit codes (healthy, stale, failed libraries)."""
@@ -261,31 +255,17 @@ def agent_status(module):
 
 
 def replication_state(module):
+    """The backup's replication state in flavour-neutral keys (module_utils.seafbackup_login.read_server), with
+    `configured` saying whether it is a replica at all."""
     conn = connect(module, "the backup's database server")
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT VERSION() AS v")
-            flavour = describe(cur.fetchone()["v"]) if describe else None
-            if not flavour or not flavour.get("supported"):
-                module.fail_json(msg=(flavour or {}).get("problem", "seafbackup_flavour module_utils missing"))
-            cur.execute(flavour["show_replica_status"])
-            row = cur.fetchone()
+            server = read_server(cur)
     finally:
         conn.close()
-    if not row:
-        return {"configured": False}
-    cols = flavour["columns"]
-    return {
-        "configured": True,
-        "source_host": row.get(cols["source_host"]),
-        "io_running": row.get(cols["io_running"]),
-        "sql_running": row.get(cols["sql_running"]),
-        "seconds_behind": row.get(cols["seconds_behind"]),
-        "last_io_errno": row.get(cols["last_io_errno"]),
-        "last_io_error": row.get(cols["last_io_error"]),
-        "last_sql_errno": row.get(cols["last_sql_errno"]),
-        "last_sql_error": row.get(cols["last_sql_error"]),
-    }
+    if not server["flavour"].get("supported"):
+        module.fail_json(msg=server["flavour"]["problem"])
+    return {"configured": server["replica"] is not None, **(server["replica"] or {})}
 
 
 def summarize(doc, now):

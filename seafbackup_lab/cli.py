@@ -60,12 +60,13 @@ def _cmd_status(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
-    """Control a lab host's service as systemctl would: MariaDB, the agent's unit, or Seafile's stand-in."""
-    if args.service == "seafile":
+    """Control a lab host's service as systemctl would: MariaDB, the agent's unit, or Seafile's stand-ins.
+    Each service answers to its production name too (mariadb, seafile, seahub, seafbackup-agent)."""
+    if args.service in ("seafile", "seahub"):
         return _seafile_service(lab, args, console)
     host = lab.hosts[args.host]
-    service: object = host.mariadb if args.service == "mysql" else UnitService("seafbackup-agent", host.root)
-    if args.service == "mysql" and isinstance(lab, ClusterLab) and args.host in GALERA_NODES:
+    service: object = host.mariadb if args.service in ("mysql", "mariadb") else UnitService("seafbackup-agent", host.root)
+    if args.service in ("mysql", "mariadb") and isinstance(lab, ClusterLab) and args.host in GALERA_NODES:
         service = lab.galera(args.host)  # joins the running cluster
     if args.action == "status":
         pid = service.pid()
@@ -79,16 +80,18 @@ def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 
 
 def _seafile_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
-    """The lab runs no Seafile daemons: record the state and every action, so tests can see them."""
+    """The lab runs no Seafile daemons: record each stand-in's state (seafile, seahub) and every action, so tests
+    can see them (run/NAME.state, var/log/NAME-service.log)."""
     host = lab.hosts[args.host]
-    state_file = host.root / "run/seafile.state"
+    name = args.service
+    state_file = host.root / f"run/{name}.state"
     running = state_file.exists() and state_file.read_text().strip() == "running"
     if args.action == "status":
-        console.print(f"{args.host} seafile: {'running' if running else 'stopped'}")
+        console.print(f"{args.host} {name}: {'running' if running else 'stopped'}")
         return 0 if running else 3
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text("stopped\n" if args.action == "stop" else "running\n")
-    log = host.root / "var/log/seafile-service.log"
+    log = host.root / f"var/log/{name}-service.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as fh:
         fh.write(f"{args.action}\n")
@@ -180,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     service = sub.add_parser("service", help="control a lab host's service as systemctl would")
     service.add_argument("host", help="a lab host: primary, backup (cluster lab: node1-3, backup)")
-    service.add_argument("service", choices=("mysql", "seafile", "agent"))
+    service.add_argument("service", choices=("mariadb", "seafile", "seahub", "seafbackup-agent", "mysql", "agent"))
     service.add_argument("action", choices=("start", "stop", "restart", "status"))
     service.set_defaults(func=_cmd_service)
 

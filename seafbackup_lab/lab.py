@@ -289,11 +289,7 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: s
             '          seafbackup_seafile_conf_dir: "{{ seafbackup_host_root }}/opt/seafile/conf"',
             '          seafbackup_seafile_data_dir: "{{ seafbackup_host_root }}/opt/seafile/seafile-data"',
             f"          seafbackup_mysql_server_id: {SERVER_IDS[name]}",
-            *(
-                f'          seafbackup_{service}_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} '
-                f'{service} {{action}}"'
-                for service in ("mysql", "seafile")
-            ),
+            f'          seafbackup_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} {{name}} {{action}}"',
             '          seafbackup_tmp_dir: "{{ seafbackup_host_root }}/var/tmp"',
             '          seafbackup_agent_seafile_data_dir: "{{ seafbackup_seafile_data_dir }}"',
             '          seafbackup_agent_venv: "{{ seafbackup_host_root }}/opt/seafbackup/venv"',
@@ -302,8 +298,6 @@ def render_inventory(lab: Lab, *, lab_dir_expr: str | None = None, connection: s
             '          seafbackup_agent_unit_dir: "{{ seafbackup_host_root }}/etc/systemd/system"',
             '          seafbackup_agent_bin_dir: "{{ seafbackup_host_root }}/usr/local/bin"',
             f"          seafbackup_agent_listen_address: {host.address}",
-            f'          seafbackup_agent_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} agent '
-            '{action}"',
         ]
     return "\n".join(lines) + "\n"
 

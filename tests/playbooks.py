@@ -2,46 +2,60 @@
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seafbackup_lab.lab import REPO_ROOT, Lab
 
 BIN = Path(sys.executable).parent
-RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
 @dataclass
 class Run:
+    """A playbook run as Ansible's JSON callback reported it: `doc` the whole report (None when the playbook did
+    not get as far as reporting), `output` its text and stderr (for messages and for people)."""
+
     rc: int
     output: str
     seconds: float
+    doc: dict | None = field(default=None, repr=False)
 
     @property
     def recap(self) -> dict[str, dict[str, int]]:
-        return {
-            m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "unreachable": int(m.group(4)),
-                         "failed": int(m.group(5))}
-            for m in RECAP.finditer(self.output)
-        }
+        """The play recap per host: ok, changed, unreachable, failures, skipped, rescued, ignored."""
+        return (self.doc or {}).get("stats", {})
 
     def changed(self, host: str) -> int:
         return self.recap[host]["changed"]
+
+    def results(self, task_name: str) -> dict[str, dict]:
+        """Each host's result of the tasks named `task_name` (without the `role : ` prefix Ansible gives a role's
+        tasks; the last one run, for a task run more than once)."""
+        found: dict[str, dict] = {}
+        for play in (self.doc or {}).get("plays", []):
+            for task in play["tasks"]:
+                if task["task"]["name"].split(" : ", 1)[-1] == task_name:
+                    found.update(task["hosts"])
+        return found
 
 
 def run_playbook(inventory: Path, *args: str, playbook: str = "playbooks/setup_backup.yml") -> Run:
     env = dict(os.environ)
     env.update(ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="False",
-               ANSIBLE_STDOUT_CALLBACK="default", PATH=f"{BIN}:{env.get('PATH', '')}")
+               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1", PATH=f"{BIN}:{env.get('PATH', '')}")
     start = time.monotonic()
     result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), playbook, *args], cwd=REPO_ROOT,
                             env=env, capture_output=True, text=True, timeout=600, check=False)
-    return Run(result.returncode, result.stdout + result.stderr, time.monotonic() - start)
+    try:  # with -v, "Using ... as config file" comes before the report
+        doc = json.loads(result.stdout[0 if result.stdout.startswith("{") else result.stdout.find("\n{") + 1:])
+    except ValueError:
+        doc = None
+    return Run(result.returncode, result.stdout + result.stderr, time.monotonic() - start, doc)
 
 
 def query(lab: Lab, host: str, sql: str, args=None) -> list[dict]:
@@ -102,8 +116,6 @@ def snapshot(lab: Lab) -> dict:
 
 def run_module(inventory: Path, host: str, module: str, args: dict) -> tuple[int, dict]:
     """One module on one host through the real `ansible` command; returns (rc, the module's JSON result)."""
-    import json
-
     env = dict(os.environ)
     env.update(ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                ANSIBLE_STDOUT_CALLBACK="json", PATH=f"{BIN}:{env.get('PATH', '')}")

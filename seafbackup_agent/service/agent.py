@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from seafbackup_agent import __version__
 from seafbackup_agent.config import SeafileConf, load_seafile_conf
 from seafbackup_agent.errors import ConfigError
 from seafbackup_agent.seafile.installation import SeafileInstallation
@@ -61,6 +62,10 @@ def _client_options(conf: SeafileConf) -> dict:
     return {"ca_file": str(conf.backup.ssl_ca_file)} if conf.backup.ssl_ca_file else {}
 
 
+def _started() -> str:
+    return f"seafbackup {__version__} agent started"
+
+
 def _install_stop_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -102,14 +107,15 @@ async def run_primary(conf: SeafileConf, installation: SeafileInstallation, stop
     host, port = settings.listen
     server = await start_server(create_primary_app(installation, settings.sync_token, heartbeat=pairing.heartbeat),
                                 host, port, ssl_context=_server_ssl(conf))
-    log.info("primary agent %s serving on %s, notifying %s; change detection: binlog (server id %d), "
-             "information_schema polling if the binlog cannot be read", instance, server.url, settings.backup_url,
-             server_id)
     socket_path = control_socket_path(conf)
     control = await _serve_control(create_primary_control_app(pairing), socket_path)
     metrics_server = None
     if settings.metrics_listen:
         metrics_server = await start_server(create_primary_metrics_app(pairing), *settings.metrics_listen)
+    log.info("%s: mode primary, peer (backup) %s, change detection binlog (server id %d; information_schema "
+             "polling if the binlog cannot be read), listening on %s, metrics %s, control socket %s, instance %s",
+             _started(), settings.backup_url, server_id, server.url, metrics_server.url if metrics_server else "off",
+             socket_path, instance)
     try:
         await asyncio.gather(detector.run(stop, notifier.changed), notifier.run(stop), pairing.run(stop))
     finally:
@@ -163,8 +169,10 @@ async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop:
     metrics_server = None
     if settings.metrics_listen:
         metrics_server = await start_server(create_metrics_app(service), *settings.metrics_listen)
-    log.info("backup agent: notifications on %s, control socket %s, primary %s", notify_server.url, socket_path,
-             ", ".join(settings.primary_urls))
+    log.info("%s: mode backup, peer (primary) %s, change detection notifications from the primary and a full poll "
+             "every %g h, listening on %s, metrics %s, control socket %s, %d workers", _started(),
+             ", ".join(settings.primary_urls), settings.sync_poll_interval_hours, notify_server.url,
+             metrics_server.url if metrics_server else "off", socket_path, settings.workers)
     try:
         await asyncio.gather(service.run(stop), contact.run(stop))
     finally:

@@ -123,6 +123,11 @@ class SyncEngine:
         except (HeadMovedConflict, StorageError) as exc:
             raise SyncError(repo_id, exc.message, hint=exc.hint) from exc
         result.duration = time.monotonic() - started
+        if result.outcome is Outcome.SYNCHRONIZED:
+            log.info("library %s: synced %s -> %s: %d commits, %d fs objects, %d blocks, %d bytes%s in %.2fs",
+                     repo_id, result.old_head, result.new_head, result.commits, result.fs_objects, result.blocks,
+                     result.bytes, f", {len(result.skipped)} objects skipped" if result.skipped else "",
+                     result.duration)
         return result
 
     async def _sync(self, repo_id: str, *, force: bool, deep: bool, progress: LibraryProgress,
@@ -177,11 +182,6 @@ class SyncEngine:
             expected_head=old_head,
             new_head=meta.head,
             expected_gc_id=gc_id,
-        )
-        log.info(
-            "library %s: %s -> %s (%d commits, %d fs objects, %d blocks, %d bytes%s)",
-            repo_id, old_head, meta.head, run.result.commits, run.result.fs_objects, run.result.blocks,
-            run.result.bytes, f", {len(run.result.skipped)} skipped" if run.result.skipped else "",
         )
         return run.result
 

@@ -50,6 +50,9 @@ from typing import Any, TypeVar
 
 import pymysql
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.db import connect
@@ -70,6 +73,23 @@ from seafbackup_agent.transport.signing import (
 
 log = logging.getLogger("seafbackup_agent.transport")
 access_log = logging.getLogger("seafbackup_agent.transport.access")
+
+
+class DebugAccessLogger(AccessLogger):
+    """aiohttp's access log line at DEBUG, not INFO: a line per request would drown the journal (`-v` shows them)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if not self.enabled:
+            return
+        try:
+            values = tuple(value for _, value in self._format_line(request, response, time))
+            self.logger.debug(self._log_format % values)
+        except Exception:
+            self.logger.exception("Error in logging")
 
 API = "/v1"
 HEALTH_PATH = f"{API}/health"
@@ -666,7 +686,8 @@ async def start_server(
     # MAX_CONNECTIONS connections are read at once. lingering_time 0: the unread rest of a refused
     # request's body is not waited for.
     runner = web.AppRunner(
-        app, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=shutdown_timeout,
+        app, access_log=access_log, access_log_class=DebugAccessLogger, access_log_format=ACCESS_LOG_FORMAT,
+        shutdown_timeout=shutdown_timeout,
         keepalive_timeout=KEEPALIVE_TIMEOUT, lingering_time=0, read_bufsize=READ_BUFFER,
     )
     await runner.setup()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
+from seafbackup_agent import __version__
 from seafbackup_agent.cli.agent_cmds import format_status
 from seafbackup_lab.lab import LAB_SYNC_TOKEN
 from seafbackup_lab.writer import Put, bulk_files
@@ -30,8 +32,8 @@ def _wait_head(lab, repo, head, timeout=20.0) -> float:
 
 def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     repos = [primary.create_library(f"lib{i}", "alice@example.com") for i in range(3)]
-    primary.put_files(repos[0], {"a.txt": b"a", "d/b.bin": os.urandom(100_000)})
-    agents.start("primary")
+    first_head = primary.put_files(repos[0], {"a.txt": b"a", "d/b.bin": os.urandom(100_000)})
+    agents.start("primary", journal=True)  # as under systemd: journald stamps the lines
     agents.start("backup")
     doc = agents.wait_synchronized(3)
     assert doc["counts"] == {"synchronized": 3, "waiting": 0, "syncing": 0, "failed": 0, "unknown": 0}
@@ -73,6 +75,28 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     assert agents.stop("backup") == 0  # SIGTERM: orderly shutdown
     assert agents.stop("primary") == 0
     assert not (agents.tmp / "state/agent.sock").exists()
+    _check_the_logs(lab, agents, repos[0], first_head)
+
+
+def _check_the_logs(lab, agents, repo, head):
+    """At INFO by default: one start-up line, one line per sync with its counts and duration, no line per request;
+    under journald no timestamps of its own but the priority, which journald reads."""
+    p, b = lab.primary.address, lab.backup.address
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    backup_log, primary_log = agents.log("backup"), agents.log("primary")
+    assert re.search(rf"(?m)^{stamp}INFO seafbackup {__version__} agent started: mode backup, peer \(primary\) "
+                     rf"http://{p}:8090, change detection notifications from the primary and a full poll every "
+                     rf"[0-9.e-]+ h, listening on http://{b}:8091, metrics off, control socket \S+, 2 workers$",
+                     backup_log), backup_log[:2000]
+    assert re.search(rf"(?m)^{stamp}INFO library {repo}: synced None -> {head}: 2 commits, \d+ fs objects, "
+                     rf"\d+ blocks, \d+ bytes in \d+\.\d\ds$", backup_log), backup_log[:4000]
+    assert re.search(rf"(?m)^<6>INFO seafbackup {__version__} agent started: mode primary, peer \(backup\) "
+                     rf"http://{b}:8091, change detection binlog \(server id \d+; information_schema polling if the "
+                     rf"binlog cannot be read\), listening on http://{p}:8090, metrics off, control socket \S+, "
+                     rf"instance \w+$", primary_log), primary_log[:2000]
+    assert primary_log.rstrip().endswith("<6>INFO agent stopped")
+    assert all(line.startswith("<") for line in primary_log.splitlines()), primary_log[:2000]
+    assert '"GET /v1/' not in primary_log and '"POST /v1/' not in backup_log  # access logs are DEBUG
 
 
 def test_poll_catches_up_when_notifications_are_lost(primary, lab, agents):

@@ -85,7 +85,9 @@ def test_check_mode_on_a_fresh_lab_reports_changes_and_changes_nothing(fresh, st
     timings["check mode"] = run.seconds
     assert run.rc == 0, run.output[-4000:]
     assert run.changed("primary") > 0 and run.changed("backup") > 0
-    assert "Show the dump that would be taken" in run.output and "+log-bin = mysql-bin" in run.output
+    assert "backup" in run.results("Show the dump that would be taken")  # run for the backup, on the primary
+    [drop_in] = run.results("Write the binary logging drop-in").values()
+    assert "log-bin = mysql-bin" in drop_in["diff"][0]["after"] and drop_in["changed"]
     assert snapshot(fresh) == before
     _assert_no_secrets(run, fresh, state)
 
@@ -178,6 +180,18 @@ def test_second_run_changes_nothing_and_keeps_the_token(seeded, state, timings):
     assert run.changed("primary") == 0 and run.changed("backup") == 0, run.output[-6000:]
     assert _backup_section(_seafile_conf(seeded, "backup"))["sync_token"] == state["token"]
     _assert_no_secrets(run, seeded, state)
+
+
+def test_a_tag_runs_that_part_only_after_the_preflight(seeded, timings):
+    run = run_playbook(_inventory(seeded), "--tags", "seafbackup_agent_configure")
+    timings["--tags seafbackup_agent_configure"] = run.seconds
+    assert run.rc == 0, run.output[-4000:]
+    assert set(run.results("Write the agent's settings into seafile.conf [backup]")) == {"primary", "backup"}
+    assert set(run.results("Read the database server (flavour, version, replication, read_only)")) == {
+        "primary", "backup"}  # the preflight always runs
+    assert run.results("Install seafbackup with the dependencies its wheel names, at the pinned versions") == {}
+    assert run.results("Write the [backup] URLs and settings") == {}
+    assert run.changed("primary") == 0 and run.changed("backup") == 0
 
 
 def test_the_agents_run_from_a_hardened_unit_that_systemd_accepts(seeded):
@@ -326,6 +340,8 @@ def _restore_primary(lab):
          ["-e", '{"seafbackup_databases": {"ccnet": "ccnet_db", "seafile": "seafile_db", "seahub": "seahub_gone"}}'],
          "seahub_gone missing on the primary"),
         ("backup replicates from another primary", [], "already replicates from 198.18.0.1"),
+        ("wrong socket", ["-e", "seafbackup_mysql_socket=/nonexistent/mysqld.sock"],
+         "There is no socket /nonexistent/mysqld.sock on primary (seafbackup_mysql_socket)"),
     ],
 )
 def test_bad_input_fails_clearly_and_changes_nothing(seeded, case, args, message, state):

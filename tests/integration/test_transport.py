@@ -421,7 +421,7 @@ def test_a_database_outage_is_a_503_and_the_client_says_so(lab):
 
 
 async def _sync_and_list_requests(engine: SyncEngine, repo: str, caplog) -> tuple[SyncResult, list[str]]:
-    """One sync of `repo`; the last path segment of each request it sent, from the primary's access log."""
+    """One sync of `repo`; the last path segment of each request it sent, from the primary's access log (DEBUG)."""
     caplog.clear()
     result = await engine.sync_library(repo)
     lines = [r.getMessage().split('"')[1] for r in caplog.records if r.name.endswith("access")]
@@ -452,7 +452,7 @@ def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup
             assert requests == [repo, "fs-diff", "blocks"], requests
 
     try:
-        with caplog.at_level(logging.INFO, logger="seafbackup_agent.transport.access"):
+        with caplog.at_level(logging.DEBUG, logger="seafbackup_agent.transport.access"):
             asyncio.run(scenario())
     finally:
         target.close()
@@ -476,7 +476,7 @@ def test_the_first_commit_of_a_library_created_empty_costs_three_requests(primar
             assert requests == [repo, "fs-diff", "blocks"], requests
 
     try:
-        with caplog.at_level(logging.INFO, logger="seafbackup_agent.transport.access"):
+        with caplog.at_level(logging.DEBUG, logger="seafbackup_agent.transport.access"):
             asyncio.run(scenario())
     finally:
         target.close()
