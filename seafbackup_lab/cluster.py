@@ -352,15 +352,13 @@ def _host_vars(lab: ClusterLab, name: str, server_id: int, *, seafile: bool) -> 
         '          seafbackup_mysql_socket: "{{ seafbackup_host_root }}/run/mysqld/mysqld.sock"',
         '          seafbackup_mysql_conf_d: "{{ seafbackup_host_root }}/etc/mysql/conf.d"',
         f"          seafbackup_mysql_server_id: {server_id}",
-        f'          seafbackup_mysql_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} mysql {{action}}"',
+        f'          seafbackup_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} {{name}} {{action}}"',
         '          seafbackup_tmp_dir: "{{ seafbackup_host_root }}/var/tmp"',
     ]
     if seafile:
         lines += [
             '          seafbackup_seafile_conf_dir: "{{ seafbackup_host_root }}/opt/seafile/conf"',
             '          seafbackup_seafile_data_dir: "{{ seafbackup_host_root }}/opt/seafile/seafile-data"',
-            f'          seafbackup_seafile_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} seafile '
-            '{action}"',
             '          seafbackup_agent_seafile_data_dir: "{{ seafbackup_seafile_data_dir }}"',
             '          seafbackup_agent_venv: "{{ seafbackup_host_root }}/opt/seafbackup/venv"',
             '          seafbackup_agent_state_dir: "{{ seafbackup_host_root }}/var/lib/seafbackup"',
@@ -368,7 +366,5 @@ def _host_vars(lab: ClusterLab, name: str, server_id: int, *, seafile: bool) -> 
             '          seafbackup_agent_unit_dir: "{{ seafbackup_host_root }}/etc/systemd/system"',
             '          seafbackup_agent_bin_dir: "{{ seafbackup_host_root }}/usr/local/bin"',
             f"          seafbackup_agent_listen_address: {host.address}",
-            f'          seafbackup_agent_service_command: "{{{{ seafbackup_lab_cmd }}}} service {name} agent '
-            '{action}"',
         ]
     return lines
