@@ -106,6 +106,67 @@ def seafbackup_pair_line(item):
     return f"{item['key']}: {item['value']}"
 
 
+def _on(value):
+    return str(value).strip().upper() in ("1", "ON", "TRUE", "YES")
+
+
+def seafbackup_galera_problems(nodes, source, backup_server_id=None):
+    """What stops a Galera cluster from being the primary's database here, as sentences (empty: nothing).
+
+    `nodes`: one dict per node of seafile_primary_db, {'host', 'vars' (the row of the preflight's query, None when
+    the node did not answer), 'error'}. Every node must log every write set in ROW format under the same GTIDs
+    (wsrep_gtid_mode, one wsrep_gtid_domain_id and one server_id cluster-wide, a gtid_domain_id of its own that is
+    not the cluster's), so that any node can be the backup's replication source and a replica can move between
+    them by GTID; the replication source must answer and be Synced."""
+    problems = []
+    answering = [n for n in nodes if n.get("vars")]
+    for node in nodes:
+        if not node.get("vars") and node["host"] == source:
+            problems.append(f"The replication source {source} (seafbackup_replication_source) does not answer: "
+                            f"{node.get('error') or 'no answer'}. Name a Galera node that runs.")
+    for node in answering:
+        host, v = node["host"], node["vars"]
+        if not _on(v.get("wsrep_on")):
+            problems.append(f"{host} is not a Galera node (wsrep_on is OFF) but is in group seafile_primary_db.")
+            continue
+        for name, hint in (("wsrep_gtid_mode", "wsrep_gtid_mode = ON"), ("log_bin", "log_bin"),
+                           ("log_slave_updates", "log_slave_updates = ON")):
+            if not _on(v.get(name)):
+                problems.append(f"{host}: {name} is off; set {hint} on every Galera node (each can be the "
+                                "replication source, and each Seafile node's agent reads its own node's binlog).")
+        if str(v.get("binlog_format", "")).upper() != "ROW":
+            problems.append(f"{host}: binlog_format is {v.get('binlog_format')}; set binlog_format = ROW.")
+        if str(v.get("gtid_domain_id")) == str(v.get("wsrep_gtid_domain_id")):
+            problems.append(f"{host}: gtid_domain_id equals wsrep_gtid_domain_id ({v.get('gtid_domain_id')}); give "
+                            "each node a gtid_domain_id of its own for writes Galera does not replicate.")
+        if host == source and v.get("state") != "Synced":
+            problems.append(f"The replication source {host} is {v.get('state')}, not Synced.")
+    for name, what in (("wsrep_gtid_domain_id", "wsrep_gtid_domain_id"), ("server_id", "server_id")):
+        values = {str(n["vars"].get(name)) for n in answering}
+        if len(values) > 1:
+            listed = ", ".join(f"{n['host']} {n['vars'].get(name)}" for n in answering)
+            problems.append(f"{what} differs between the Galera nodes ({listed}): it must be the same on every node "
+                            "so that a write set has the same GTID on each.")
+    local = [str(n["vars"].get("gtid_domain_id")) for n in answering]
+    if len(set(local)) < len(local):
+        problems.append("Two Galera nodes share a gtid_domain_id (" + ", ".join(
+            f"{n['host']} {n['vars'].get('gtid_domain_id')}" for n in answering) + "): give each its own.")
+    if backup_server_id is not None and answering and \
+            str(backup_server_id) in {str(n["vars"].get("server_id")) for n in answering}:
+        problems.append(f"The backup's server_id {backup_server_id} is the Galera nodes' server_id: it must differ.")
+    for node in answering:
+        if node["host"] != source:
+            continue
+        domain = str(node["vars"].get("wsrep_gtid_domain_id"))
+        others = sorted({part.split("-")[0] for part in str(node["vars"].get("gtid_binlog_pos") or "").split(",")
+                         if part.strip()} - {domain})
+        if others:
+            problems.append(f"The binlog of {node['host']} holds GTID domain(s) {', '.join(others)} besides the "
+                            f"cluster's {domain}: transactions written on that node alone, which the other nodes do "
+                            "not have; a replica of it could not move to another node.")
+    return problems
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -119,4 +180,5 @@ class FilterModule:
             "seafbackup_freshness_line": seafbackup_freshness_line,
             "seafbackup_fence_line": seafbackup_fence_line,
             "seafbackup_pair_line": seafbackup_pair_line,
+            "seafbackup_galera_problems": seafbackup_galera_problems,
         }
