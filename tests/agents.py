@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from seafbackup_lab.lab import _set_backup_section, pair_agents, unpair_agents
+from seafbackup_lab.lab import pair_agents, unpair_agents
 from tests.helpers import root_sql
 
 
@@ -106,21 +106,3 @@ def wait_ready(url: str) -> None:
         await asyncio.sleep(1.1)  # past the second it started in (requests signed then are refused)
 
     asyncio.run(probe())
-
-
-class ClusterAgents(Agents):
-    """The cluster lab's agents as processes: one per Seafile node, and the backup's (its state in tmp/state)."""
-
-    def __init__(self, lab, tmp: Path, *, poll_hours: float = 0.002):
-        from seafbackup_lab.cluster import pair_cluster_agents
-
-        self.lab = lab
-        self.tmp = tmp
-        self.procs = {}
-        pair_cluster_agents(lab, state_dir=tmp / "state", poll_hours=poll_hours, workers=2)
-
-    def __exit__(self, *exc: object) -> None:
-        for name in list(self.procs):
-            self.stop(name, signal.SIGKILL)
-        for host in [*self.lab.seafile_nodes, self.lab.backup]:
-            _set_backup_section(host.seafile_conf_dir, "")
