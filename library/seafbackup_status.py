@@ -153,6 +153,9 @@ freshness:
     - C(rpo_bound_seconds) is now minus C(current_as_of), an upper bound of what a failover now would lose
       (never lower than the truth; null before the first evidence).
     - C(db_lag_seconds) is an upper bound of the database replication lag from the replicated heartbeat row.
+    - C(primary_node) is the URL of the primary's node the backup talks to; C(primary_nodes) lists every node of
+      C([backup] primary_url) (a Seafile cluster has several) with C(url), C(in_use), C(answers) (null before the
+      first request), C(answered_at), C(failed_at) and C(error).
   returned: when mode is backup
   type: dict
   sample: {"state": "ok", "reason": null, "since": null, "current_as_of": 1796000000.5,
@@ -316,6 +319,8 @@ def freshness(doc):
         "primary_last_seen": pairing.get("primary_last_seen"),
         "db_lag_seconds": db_lag.get("seconds"),
         "db_lag_error": db_lag.get("error"),
+        "primary_node": pairing.get("primary_node"),
+        "primary_nodes": pairing.get("primary_nodes"),
     }
 
 

@@ -20,7 +20,7 @@ from seafbackup_lab.cluster import GALERA_NODES, SEAFILE_NODES, row_checksums
 from seafbackup_lab.services import UnitService
 from seafbackup_lab.writer import Put, SeafileServer
 from tests.agents import backup_head
-from tests.playbooks import query, replica_status, run_playbook
+from tests.playbooks import query, replica_status, run_module, run_playbook
 
 # Host-local tables, never replicated (setup_backup.yml's default ignore list but the agent's three tables).
 HOST_LOCAL = {
@@ -169,6 +169,14 @@ def test_node1s_agent_killed_changes_still_arrive_through_node2(seeded, state):
     assert doc["exit_code"] == 0, doc["pairing"]
     text = format_status(doc)
     assert f"Primary node in use: {urls[1]}" in text and f"  {urls[0]}: does not answer since" in text
+    rc, result = run_module(_inventory(lab), "backup", "seafbackup_status", {
+        "conf_dir": str(lab.backup.seafile_conf_dir),
+        "agent_cmd": str(lab.backup.root / "opt/seafbackup/venv/bin/seaf-backup-cmd"),
+        "login_unix_socket": str(lab.backup.mariadb.paths.socket)})
+    assert rc == 0, result
+    fresh = result["freshness"]
+    assert fresh["primary_node"] == urls[1]
+    assert [(n["url"], n["answers"]) for n in fresh["primary_nodes"]] == [(urls[0], False), (urls[1], True)]
 
 
 def test_no_claim_past_a_commit_the_node_in_use_has_not_applied(seeded, state):
