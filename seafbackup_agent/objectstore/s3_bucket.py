@@ -40,6 +40,8 @@ class S3Bucket:
             read_timeout=60,
             # Checksums only where the operation requires one: a PUT needs no trailer.
             request_checksum_calculation="when_required",
+            # Our parameters are always well-formed: skip botocore's per-request validation (CPU per PUT).
+            parameter_validation=False,
             response_checksum_validation="when_required",
         )
         key = (conf.endpoint_url, conf.key_id, conf.key, conf.aws_region, config.signature_version,
