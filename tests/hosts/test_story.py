@@ -80,7 +80,7 @@ def _reaches_backup(lab: HostsLab, state: dict, content: bytes) -> None:
         {"owner_id": "alice@example.com"}]
 
 
-@pytest.mark.timeout(600)  # includes a cold start: the root image is built first on a fresh machine
+@pytest.mark.timeout(900)  # includes a cold start: the root image is built first on a fresh machine
 def test_setup_backup_from_scratch(hosts_lab, story_timings):
     lab = hosts_lab
     assert lab.ssh("primary", "test -d /opt/seafile/conf && test -d /opt/seafile/seafile-data && id -u seafile",
