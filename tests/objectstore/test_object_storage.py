@@ -376,7 +376,7 @@ def test_ansible_preflight_reaches_each_bucket_and_pool_then_writes_the_backups_
     (tmp_path / "play.yml").write_text(PLAY)
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(json.dumps({"all": {
-        "vars": {"seafbackup_seafile_service_command": "", "seafbackup_seafile_user": ""},
+        "vars": {"seafbackup_seafile_conf_restart_seafile": False, "seafbackup_seafile_user": ""},
         "children": {"seafile_primary": {"hosts": {}}, "seafile_backup": {"hosts": hosts}}}}))
 
     run = run_playbook(inventory, playbook=str(tmp_path / "play.yml"))
