@@ -65,8 +65,9 @@ def _cmd_service(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     if args.service in ("seafile", "seahub"):
         return _seafile_service(lab, args, console)
     host = lab.hosts[args.host]
-    service: object = host.mariadb if args.service in ("mysql", "mariadb") else UnitService("seafbackup-agent", host.root)
-    if args.service in ("mysql", "mariadb") and isinstance(lab, ClusterLab) and args.host in GALERA_NODES:
+    database = args.service in ("mysql", "mariadb")
+    service: object = host.mariadb if database else UnitService("seafbackup-agent", host.root)
+    if database and isinstance(lab, ClusterLab) and args.host in GALERA_NODES:
         service = lab.galera(args.host)  # joins the running cluster
     if args.action == "status":
         pid = service.pid()
