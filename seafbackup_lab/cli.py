@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(args, name, None)
             if name == "host" and value is None and args.command == "seafile":
                 args.host = lab.primary.name
-            elif value is not None and value not in lab.hosts:
+            elif value is not None and args.command != "hosts" and value not in lab.hosts:  # hosts: its own lab
                 raise LabError(f"no host {value!r} in this lab (hosts: {', '.join(lab.hosts)})")
         return args.func(lab, args, console)
     except LabError as exc:
