@@ -24,14 +24,15 @@ class Agents:
         self.procs: dict[str, subprocess.Popen] = {}
         pair_agents(lab, state_dir=tmp / "state", poll_hours=poll_hours, workers=2)
 
-    def start(self, name: str, *, journal: bool = False) -> None:
-        """`journal`: as systemd starts it with its stderr on the journal (JOURNAL_STREAM names that stream)."""
+    def start(self, name: str, *, journal: bool = False, verbose: bool = False) -> None:
+        """`journal`: as systemd starts it with its stderr on the journal (JOURNAL_STREAM names that stream);
+        `verbose`: `-v`, which also logs each HTTP request served (DEBUG)."""
         host = self.lab.hosts[name]
         log = open(self.tmp / f"{name}-agent.log", "ab")  # noqa: SIM115
         st = os.fstat(log.fileno())
         env = dict(os.environ, **({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"} if journal else {}))
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "seafbackup_agent.cli.main", "agent", "--conf-dir",
+            [sys.executable, "-m", "seafbackup_agent.cli.main", *(["-v"] if verbose else []), "agent", "--conf-dir",
              str(host.seafile_conf_dir), "--data-dir", str(host.seafile_data_dir)],
             stdout=log, stderr=log, env=env)
         log.close()

@@ -65,7 +65,7 @@ def test_kill_9_at_random_points_of_first_syncs(primary, lab, agents):
     # Two small libraries synchronized first: their heads move during the kills (incremental syncs).
     for files in (30, 30):
         add_library(files)
-    agents.start("primary")
+    agents.start("primary", verbose=True)  # its access log (DEBUG) shows when the backup begins copying
     agents.start("backup")
     agents.wait_synchronized(2)
     agents.stop("backup", signal.SIGKILL)

@@ -380,7 +380,7 @@ def test_ansible_preflight_reaches_each_bucket_and_pool_then_writes_the_backups_
         "children": {"seafile_primary": {"hosts": {}}, "seafile_backup": {"hosts": hosts}}}}))
 
     run = run_playbook(inventory, playbook=str(tmp_path / "play.yml"))
-    assert run.recap["wrong"]["failed"] == 1 and run.recap["right"]["failed"] == 0, run.output
+    assert run.recap["wrong"]["failures"] == 1 and run.recap["right"]["failures"] == 0, run.output
     output = run.output
     assert "[commit_object_backend] (commits): S3 bucket" in output and "refuses these credentials" in output
     assert "[fs_object_backend] (fs): S3 bucket no-such-bucket-here at http" in output, output
