@@ -377,7 +377,8 @@ def test_ansible_preflight_reaches_each_bucket_and_pool_then_writes_the_backups_
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(json.dumps({"all": {
         "vars": {"seafbackup_seafile_conf_restart_seafile": False, "seafbackup_seafile_user": ""},
-        "children": {"seafile_primary": {"hosts": {}}, "seafile_backup": {"hosts": hosts}}}}))
+        "children": {"seafile_primary": {"hosts": {"primary": {"ansible_connection": "local"}}},  # not a target
+                     "seafile_backup": {"hosts": hosts}}}}))
 
     run = run_playbook(inventory, playbook=str(tmp_path / "play.yml"))
     assert run.recap["wrong"]["failures"] == 1 and run.recap["right"]["failures"] == 0, run.output
