@@ -85,7 +85,9 @@ class StateStore:
         self.db.execute("UPDATE library SET primary_head=? WHERE repo_id=?", (primary_head, repo_id))
 
     def syncing(self, repo_id: str) -> None:
-        self.db.execute("UPDATE library SET state='syncing' WHERE repo_id=?", (repo_id,))
+        # A retry of a failed library stays "failed", reason and all, until a sync succeeds: status and the
+        # failover report must not show a broken library as merely "syncing" while its retry runs.
+        self.db.execute("UPDATE library SET state='syncing' WHERE repo_id=? AND state != 'failed'", (repo_id,))
 
     def synchronized(self, repo_id: str, head: str | None, *, forced: bool) -> None:
         now = time.time()

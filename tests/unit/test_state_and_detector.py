@@ -23,6 +23,9 @@ def test_state_transitions_and_backoff(tmp_path):
     assert second - time.time() > 2 * BACKOFF_BASE - 1
     status = store.get(REPO)
     assert (status.state, status.attempts, status.reason) == (LibraryState.FAILED, 2, "again")
+    # Its retry runs, and status still says why it failed.
+    store.syncing(REPO)
+    assert (store.get(REPO).state, store.get(REPO).reason) == (LibraryState.FAILED, "again")
     # A poll that sees the same head leaves a failed library failed; a new head makes it wait again.
     store.waiting(REPO, "a" * 40)
     assert store.get(REPO).state is LibraryState.FAILED
