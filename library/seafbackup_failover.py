@@ -17,25 +17,13 @@ description:
   - In check mode it runs nothing and returns the statements it would run.
 version_added: "0.1.0"
 author: seafbackup developers
+extends_documentation_fragment:
+  - seafbackup_login
 options:
-  login_unix_socket:
-    description: Unix socket of the backup's database server.
-    type: path
-  login_host:
-    description: Host of the database server when no socket is given.
-    type: str
-    default: localhost
-  login_port:
-    description: Port of the database server.
-    type: int
-    default: 3306
   login_user:
     description: An administrative user (replication admin, SUPER or equivalent).
     type: str
     default: root
-  login_password:
-    description: Password of O(login_user).
-    type: str
   seafile_db:
     description: Name of Seafile's C(seafile) database.
     type: str

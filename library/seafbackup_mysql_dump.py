@@ -17,7 +17,17 @@ description:
     dump, C(UNLOCK TABLES)). Writes wait for the whole dump; stop Seafile first.
   - Statements and options come from the flavour table (C(module_utils/seafbackup_flavour.py)), so the
     same module serves MariaDB and MySQL 8.x.
+  - The dump connects as the module does (O(login_unix_socket) or O(login_host)); O(login_password) reaches it
+    through its environment, never its command line.
+version_added: "0.1.0"
+author: seafbackup developers
+extends_documentation_fragment:
+  - seafbackup_login
 options:
+  login_user:
+    description: Account with C(SELECT), C(RELOAD), C(LOCK TABLES), C(SHOW VIEW), C(EVENT), C(TRIGGER).
+    type: str
+    default: root
   path:
     description: Where to write the dump. Its directory must exist; the file is created with mode 0600.
     type: path
@@ -41,24 +51,6 @@ options:
     description: Record the GTID position (MariaDB C(--gtid), MySQL C(gtid_executed)).
     type: bool
     default: true
-  login_unix_socket:
-    description: Socket of the server to dump; the module and the dump connect as O(login_user) through it.
-    type: path
-  login_host:
-    description: Host of the server when no socket is given.
-    type: str
-    default: localhost
-  login_port:
-    description: Port of the server when no socket is given.
-    type: int
-    default: 3306
-  login_user:
-    description: Account with C(SELECT), C(RELOAD), C(LOCK TABLES), C(SHOW VIEW), C(EVENT), C(TRIGGER).
-    type: str
-    default: root
-  login_password:
-    description: Its password; empty for unix-socket authentication. Passed to the dump in its environment.
-    type: str
 attributes:
   check_mode:
     support: full
@@ -68,7 +60,6 @@ attributes:
   idempotent: false
 notes:
   - Needs PyMySQL on the managed host (as community.mysql does) and the server's dump client.
-author: seafbackup
 """
 
 EXAMPLES = r"""

@@ -18,25 +18,13 @@ description:
     says why.
 version_added: "0.1.0"
 author: seafbackup developers
+extends_documentation_fragment:
+  - seafbackup_login
 options:
-  login_unix_socket:
-    description: Unix socket of the server. When it does not exist the module fails naming the path.
-    type: path
-  login_host:
-    description: Host of the server when no socket is given.
-    type: str
-    default: localhost
-  login_port:
-    description: Port of the server when no socket is given.
-    type: int
-    default: 3306
   login_user:
     description: Account to log in as (any account that may run C(SHOW SLAVE STATUS)/C(SHOW REPLICA STATUS)).
     type: str
     default: root
-  login_password:
-    description: Its password; empty for unix-socket authentication.
-    type: str
 attributes:
   check_mode:
     support: full

@@ -24,7 +24,13 @@ description:
   - Never changes anything.
 version_added: "0.1.0"
 author: seafbackup developers
+extends_documentation_fragment:
+  - seafbackup_login
 options:
+  login_user:
+    description: Database user allowed to run C(SHOW SLAVE STATUS) / C(SHOW REPLICA STATUS).
+    type: str
+    default: root
   conf_dir:
     description: Seafile's conf directory on the backup (the one holding seafile.conf with C([backup])).
     type: path
@@ -33,24 +39,6 @@ options:
     description: Path of C(seaf-backup-cmd) on the backup host.
     type: path
     default: /opt/seafbackup/venv/bin/seaf-backup-cmd
-  login_unix_socket:
-    description: Unix socket of the backup's database server, used to read the replication state.
-    type: path
-  login_host:
-    description: Host of the backup's database server when no socket is given.
-    type: str
-    default: localhost
-  login_port:
-    description: Port of the backup's database server.
-    type: int
-    default: 3306
-  login_user:
-    description: Database user allowed to run C(SHOW SLAVE STATUS) / C(SHOW REPLICA STATUS).
-    type: str
-    default: root
-  login_password:
-    description: Password of O(login_user); not needed for root over the unix socket.
-    type: str
   replication:
     description: Whether to read the replication state at all (false on a promoted backup).
     type: bool
