@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from seafbackup_lab.lab import DATABASES, Lab, new_lab_dir
 
@@ -91,3 +93,17 @@ def root_sql(host, *statements):
             return cur.fetchall()
     finally:
         conn.close()
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.2) -> T:
+    """Polls until `predicate` returns something true and returns that; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s")

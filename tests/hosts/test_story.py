@@ -17,21 +17,12 @@ import pytest
 
 from seafbackup_lab.hosts import HostsLab, seafile_writer_conf
 from seafbackup_lab.writer import SeafileServer
+from tests.helpers import wait_for
 from tests.playbooks import run_playbook
 from tests.seafile_checks import check_closure
 
 UNIT = "/etc/systemd/system/seafbackup-agent.service"
 AGENT_CMD = "/usr/local/bin/seaf-backup-cmd.sh"
-
-
-def _wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s")
 
 
 def _write(lab: HostsLab, name: str, files: dict[str, bytes], repo_id: str | None = None) -> tuple[str, str]:
@@ -73,7 +64,7 @@ def _reaches_backup(lab: HostsLab, state: dict, content: bytes) -> None:
     repo_id, head = _write(lab, "primary", {"notes.txt": content, "big.bin": os.urandom(300_000)},
                            state.get("repo_id"))
     state["repo_id"], state["head"] = repo_id, head
-    _wait_for(lambda: _head(lab, "backup", repo_id) == head, timeout=60)
+    wait_for(lambda: _head(lab, "backup", repo_id) == head, timeout=60, interval=0.5)
     check_closure(lab.backup.seafile_data_dir, repo_id, repo_id, head)
     # RepoOwner is replicated (Branch is the agent's, written once the objects are there).
     assert lab.sql("backup", f"SELECT owner_id FROM seafile_db.RepoOwner WHERE repo_id='{repo_id}'") == [
@@ -136,8 +127,8 @@ def test_a_reboot_brings_replication_and_both_agents_back(hosts_lab, state, stor
     lab = hosts_lab
     story_timings[f"reboot {name}"] = lab.restart(name)
     # Nothing is started by hand: systemd brings MariaDB, replication and the agents back.
-    _wait_for(lambda: all(_active(lab, h) == "active" for h in lab.hosts), timeout=60)
-    _wait_for(lambda: _replicating(lab), timeout=60)
+    wait_for(lambda: all(_active(lab, h) == "active" for h in lab.hosts), timeout=60, interval=0.5)
+    wait_for(lambda: _replicating(lab), timeout=60, interval=0.5)
     _reaches_backup(lab, state, f"after rebooting the {name}".encode())
 
 

@@ -14,13 +14,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pymysql
 import pytest
 
 from seafbackup_lab.lab import render_inventory
 from seafbackup_lab.writer import Put, SeafileServer
+from tests.helpers import wait_for
 from tests.playbooks import BIN, query, replica_status, run_playbook, snapshot
 from tests.seafile_checks import check_closure
 
@@ -41,16 +41,6 @@ def _agent_status(lab, host=None) -> dict | None:
     """`status --json` (exit 0 healthy, 5 stale pairing, 6 failed libraries all print it), None if not running."""
     result = _agent_cmd(host or lab.backup, "status", "--json")
     return json.loads(result.stdout) if result.returncode in (0, 5, 6) else None
-
-
-def _wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s")
 
 
 def _lab_cmd(lab, *args):
@@ -124,7 +114,7 @@ def drill(playbook_lab, state, timings):
                if p.is_file() and p.read_bytes() == b"will be corrupted on disk"]
     block.write_bytes(b"corrupted")
     _lab_cmd(lab, "service", "backup", "agent", "start")
-    doc = _wait_for(lambda: (d := _agent_status(lab)) and d["counts"]["failed"] == 1 and d, timeout=60)
+    doc = wait_for(lambda: (d := _agent_status(lab)) and d["counts"]["failed"] == 1 and d, timeout=60)
     assert [lib["repo_id"] for lib in doc["libraries"] if lib["state"] == "failed"] == [bad]
     state["libraries"] = {"good": good, "bad": bad, "plain": plain}
     return lab
@@ -135,7 +125,7 @@ def test_gates_refuse_while_the_sql_thread_is_behind(drill):
     try:
         query(drill, "primary", "INSERT INTO seafbackup.marker (id, written_at) VALUES ('behind', NOW(6))")
         received = query(drill, "primary", "SHOW MASTER STATUS")[0]["Position"]
-        _wait_for(lambda: replica_status(drill)["Read_Master_Log_Pos"] == received)
+        wait_for(lambda: replica_status(drill)["Read_Master_Log_Pos"] == received)
         before = snapshot(drill)
         run = run_playbook(drill.dir / "inventory.yml", *CONFIRM, "-e", "seafbackup_failover_gates_apply_timeout=2",
                            playbook=FAILOVER)
@@ -296,7 +286,7 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill, s
     with _seaf(drill.backup) as new_primary:
         fresh = new_primary.create_library("After failover", "alice@example.com")
         head = new_primary.put_files(fresh, {"new.txt": b"written on the new primary", "big.bin": os.urandom(200_000)})
-    _wait_for(lambda: _backup_head(drill, "primary", fresh) == head)
+    wait_for(lambda: _backup_head(drill, "primary", fresh) == head)
     check_closure(drill.primary.seafile_data_dir, fresh, fresh, head)
     # The library that was behind at the failover is newer (and broken) on the rebuilt backup than on the new
     # primary: the agent refuses to move its head back until told to (the runbook's `sync --force`).
@@ -306,7 +296,7 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill, s
         return {lib["repo_id"]: lib["reason"] for lib in _agent_status(drill, drill.primary)["libraries"]
                 if lib["state"] == "failed"}
 
-    failed = _wait_for(failed_now, timeout=60)
+    failed = wait_for(failed_now, timeout=60)
     assert list(failed) == [bad] and "does not descend" in failed[bad]
     forced = _agent_cmd(drill.primary, "sync", "--force", bad)
     assert forced.returncode == 0, forced.stderr
