@@ -48,7 +48,7 @@ TEST_JOBS ?= 2
 test: deps
 	$(BIN)/seafbackup-lab hosts image > .hosts-image.log 2>&1 &
 	$(MAKE) lint
-	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 # Benchmarks: write docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks/*.png.
 bench: deps
