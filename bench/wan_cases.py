@@ -38,6 +38,9 @@ class _Sshd:
         config.write_text(f"ListenAddress {SINK}:2222\nHostKey {host_key}\nAuthorizedKeysFile {work}/authorized_keys\n"
                           "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\n"
                           f"PidFile {work}/sshd.pid\n")
+        # sshd refuses to start without its privilege separation directory (made at boot by the ssh package's
+        # tmpfiles rule, which a container or a fresh boot may not have run).
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pymysql
@@ -59,8 +59,9 @@ class EngineOptions:
     block_concurrency: int = 8
     """Block requests in flight (a request is one large block or one pack of small ones)."""
     fs_batch: int = 512
-    dir_concurrency: int = 4
-    """Directories copied side by side (beyond these, subdirectories are copied in line)."""
+    dir_concurrency: int = 32
+    """Directories copied side by side (beyond these, subdirectories are copied in line). Their requests for fs
+    objects and small blocks are merged (`_Merged`), so many of them cost few round trips."""
     block_pack_bytes: int = 4 << 20
     block_pack_count: int = 1000
     flush_seconds: float = 0.5
@@ -87,6 +88,90 @@ class _Run:
     commit_id: str = ""
     version: int = 1
     new_commits: dict[str, Commit] = field(default_factory=dict)
+    fs_requests: _Merged | None = None
+    block_requests: _Merged | None = None
+
+
+class _Merged:
+    """Object requests made in the same turn of the event loop go out together, up to a request's limits.
+
+    Sibling directories copied side by side are woken by the same answer and ask for their children (and
+    then their small blocks) in the same turn: merged, a tree of many small directories pays a round trip
+    per level and per full request, not one or two per directory. Each merged request answers its own
+    askers when it arrives (memory stays bounded by the requests in flight); a failed one fails them all.
+    """
+
+    def __init__(self, fetch: Callable[[list[str]], Awaitable[dict[str, bytes]]], *, max_ids: int,
+                 max_bytes: int | None = None, slots: asyncio.Semaphore | None = None) -> None:
+        self._fetch = fetch
+        self._max_ids = max_ids
+        self._max_bytes = max_bytes
+        self._slots = slots
+        self._waiting: list[tuple[list[str], int, asyncio.Future[dict[str, bytes]]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, obj_ids: list[str], size: int = 0) -> dict[str, bytes]:
+        """The objects of `obj_ids` that exist (at most `max_ids` of them, `size` bytes in all if known)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, bytes]] = loop.create_future()
+        self._waiting.append((obj_ids, size, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._send)
+        return await future
+
+    def _send(self) -> None:
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, []
+        group: list[tuple[list[str], int, asyncio.Future[dict[str, bytes]]]] = []
+        ids: dict[str, None] = {}
+        size = 0
+        for item in waiting:
+            if item[2].done():
+                continue  # its asker was cancelled
+            more = [i for i in item[0] if i not in ids]
+            if group and (len(ids) + len(more) > self._max_ids
+                          or (self._max_bytes is not None and size + item[1] > self._max_bytes)):
+                self._start(group, list(ids))
+                group, ids, size = [], {}, 0
+                more = item[0]
+            group.append(item)
+            ids.update(dict.fromkeys(more))
+            size += item[1]
+        if group:
+            self._start(group, list(ids))
+
+    def _start(self, group: list[tuple[list[str], int, asyncio.Future[dict[str, bytes]]]], ids: list[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self._request(group, ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _request(self, group: list[tuple[list[str], int, asyncio.Future[dict[str, bytes]]]],
+                       ids: list[str]) -> None:
+        try:
+            if self._slots is None:
+                found = await self._fetch(ids)
+            else:
+                async with self._slots:
+                    found = await self._fetch(ids)
+        except asyncio.CancelledError:
+            for _ids, _size, future in group:
+                future.cancel()
+            raise
+        except BaseException as exc:
+            for _ids, _size, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for obj_ids, _size, future in group:
+            if not future.done():
+                future.set_result({i: found[i] for i in obj_ids if i in found})
+
+    def cancel(self) -> None:
+        """Requests still on their way after the sync failed: their askers are gone."""
+        for task in self._tasks:
+            task.cancel()
 
 
 class SyncEngine:
@@ -134,8 +219,9 @@ class SyncEngine:
                     on_progress: ProgressCallback | None,
                     on_head: Callable[[str | None], None] | None) -> SyncResult:
         old_head = await asyncio.to_thread(self._target_head, repo_id)
-        # Object storage: the index of what the target holds is ready before the walk asks it (in line).
-        await asyncio.to_thread(self.target.store.prepare)
+        if not isinstance(self.target.store, FilesystemStore):
+            # Object storage: the index of what the target holds is ready before the walk asks it (in line).
+            await asyncio.to_thread(self.target.store.prepare)
         rows = self.target.rows
         meta = await self.source.library(repo_id)
         if on_head is not None:
@@ -154,6 +240,12 @@ class SyncEngine:
             progress.estimated_bytes = meta.size
         run = _Run(meta, force, deep, SyncResult(repo_id, Outcome.SYNCHRONIZED, old_head, meta.head),
                    self.target.store.batch(flush_seconds=self.options.flush_seconds), progress, on_progress)
+        store_id = meta.store_id
+        run.fs_requests = _Merged(lambda ids: self.source.fs_objects(store_id, ids), max_ids=self.options.fs_batch)
+        run.block_requests = _Merged(lambda ids: self.source.blocks(store_id, ids),
+                                     max_ids=self.options.block_pack_count, max_bytes=self.options.block_pack_bytes,
+                                     slots=self._block_slots)
+        sealed = False
         try:
             stops = await self._find_new_commits(run)
             progress.commits_total = progress.commits + len(run.new_commits)
@@ -167,22 +259,27 @@ class SyncEngine:
                 run.prefetched.clear()
                 run.unchanged_outside = None
             commits = list(_oldest_first(run.new_commits))
-            await self._put(run, [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits])
-            await asyncio.to_thread(run.writes.seal)
+            staged = [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits]
+
+            def put_seal_publish() -> None:
+                """The commits, every object durable, then `Branch`: one worker-thread trip, in this order."""
+                nonlocal sealed
+                run.writes.put(staged)
+                run.writes.seal()
+                sealed = True
+                publish_head(rows.conn, repo_id=repo_id, store_id=meta.store_id, expected_head=old_head,
+                             new_head=meta.head, expected_gc_id=gc_id)
+
+            await asyncio.to_thread(put_seal_publish)
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(run.writes.discard))
+            if not sealed:
+                run.fs_requests.cancel()
+                run.block_requests.cancel()
+                await asyncio.shield(asyncio.to_thread(run.writes.discard))
             raise
+        self._count(run, staged)
         run.result.commits, run.result.fs_objects = progress.commits, progress.fs_objects
         run.result.blocks, run.result.bytes = progress.blocks, progress.bytes
-        await asyncio.to_thread(
-            publish_head,
-            rows.conn,
-            repo_id=repo_id,
-            store_id=meta.store_id,
-            expected_head=old_head,
-            new_head=meta.head,
-            expected_gc_id=gc_id,
-        )
         return run.result
 
     async def _target_read(self, obj_type: ObjType, store_id: str, obj_id: str) -> bytes | None:
@@ -307,12 +404,12 @@ class SyncEngine:
 
     async def _fetch_fs(self, run: _Run, obj_ids: Sequence[str]) -> dict[str, tuple[SeafDir | SeafFile, bytes]]:
         """Fetch and verify fs objects; returns id -> (parsed object, stored bytes) for the good ones."""
-        store_id = run.meta.store_id
         wanted = list(dict.fromkeys(obj_ids))
         found = {obj_id: run.prefetched.pop(obj_id) for obj_id in wanted if obj_id in run.prefetched}
         missing = [obj_id for obj_id in wanted if obj_id not in found]
+        assert run.fs_requests is not None
         for start in range(0, len(missing), self.options.fs_batch):
-            found.update(await self.source.fs_objects(store_id, missing[start : start + self.options.fs_batch]))
+            found.update(await run.fs_requests.get(missing[start : start + self.options.fs_batch]))
         good: dict[str, tuple[SeafDir | SeafFile, bytes]] = {}
         for obj_id in wanted:
             raw = found.get(obj_id)
@@ -378,7 +475,7 @@ class SyncEngine:
                 else:
                     large[block_id] = None
         await asyncio.gather(
-            *(self._copy_block_pack(run, pack) for pack in self._packs(small)),
+            *(self._copy_block_pack(run, pack, sum(small[b] for b in pack)) for pack in self._packs(small)),
             *(self._copy_large_block(run, block_id) for block_id in large),
         )
         objects = [(ObjType.FS, store_id, file_id, raw)
@@ -400,9 +497,9 @@ class SyncEngine:
             packs.append(current)
         return packs
 
-    async def _copy_block_pack(self, run: _Run, block_ids: list[str]) -> None:
-        async with self._block_slots:
-            found = await self.source.blocks(run.meta.store_id, block_ids)
+    async def _copy_block_pack(self, run: _Run, block_ids: list[str], size: int) -> None:
+        assert run.block_requests is not None
+        found = await run.block_requests.get(block_ids, size)
         await self._put_blocks(run, [(block_id, found.get(block_id)) for block_id in block_ids])
 
     async def _copy_large_block(self, run: _Run, block_id: str) -> None:

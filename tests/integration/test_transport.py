@@ -481,3 +481,27 @@ def test_the_first_commit_of_a_library_created_empty_costs_three_requests(primar
     finally:
         target.close()
     check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
+
+
+def test_a_first_sync_of_many_small_directories_costs_a_request_per_level(primary, lab, backup_db_privileges, caplog):
+    """Sibling directories copied side by side ask for their children, then for their small blocks, in merged
+    requests: a round trip per level of the tree (and per full request), not one or two per directory, which
+    over a WAN link is what a first sync of many small directories waits for."""
+    repo = primary.create_library("wide", "alice@example.com")
+    primary.commit(repo, [Put(f"top/d{i:02d}/f{j}.txt", f"{i}-{j}".encode()) for i in range(30) for j in range(3)])
+    target = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+
+    async def scenario():
+        async with serving(lab) as (server, _installation), HttpSource(server.url, TOKEN) as http:
+            result, requests = await _sync_and_list_requests(SyncEngine(http, target), repo, caplog)
+            assert (result.fs_objects, result.blocks) == (2 + 30 + 90, 90)
+            # Library (with its head commit), the creation commit, then the root, "top", its 30 directories, their
+            # 90 file objects at once, and the 90 blocks in one pack (copied a directory at a time: 65 requests).
+            assert requests[0] == repo and requests[2:] == ["fs", "fs", "fs", "fs", "blocks"], requests
+
+    try:
+        with caplog.at_level(logging.DEBUG, logger="seafbackup_agent.transport.access"):
+            asyncio.run(scenario())
+    finally:
+        target.close()
+    check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
