@@ -21,7 +21,6 @@ from tests.helpers import (
     wipe_host,
 )
 
-
 # The longest test files first (minutes, measured at low load on 2 cores): pytest-xdist hands out whole files in
 # collection order (`--dist loadfile --no-loadscope-reorder`), so the long ones start at once and the short ones
 # fill the gaps, instead of a long file starting last on one worker while the other idles. tests/hosts comes
