@@ -164,12 +164,6 @@ class WriteBatch:
     A batch flushes when it holds `max_objects` or `max_bytes`, or when its oldest staged object is
     `flush_seconds` old, so that a crash loses at most that much of a long copy. A crash leaves at most
     one batch of temporary files, in a staging directory the next run removes.
-
-    A flush runs in the thread of the `put` that found the batch due, without holding the batch: the other
-    threads go on staging the next objects (into what the next flush takes) while it waits for the disk.
-    Flushes run one at a time, each taking what was staged before it began, so renames keep the order of
-    the puts across flushes. Objects staged and not yet placed stay within `max_objects` and `max_bytes`
-    (a put waits for a running flush when they would not). After a failed flush nothing more is placed.
     """
 
     def __init__(self, store: FilesystemStore, *, max_objects: int, max_bytes: int, flush_seconds: float) -> None:
@@ -178,75 +172,44 @@ class WriteBatch:
         self.max_bytes = max_bytes
         self.flush_seconds = flush_seconds
         self._staged: list[_Staged] = []
-        """Staged since the last flush began (the next flush takes them)."""
-        self._flushing: list[_Staged] = []
-        """Taken by the running flush and not yet placed."""
         self._keys: set[tuple[ObjType, str, str]] = set()
         self._bytes = 0
-        self._flushing_bytes = 0
         self._oldest = 0.0
         self._flush_cost = 0.0
         self._cond = threading.Condition(threading.Lock())
         self._putting = 0
-        self._in_flush = False
-        self._failure: BaseException | None = None
         self._discarded = False
 
     def has(self, obj_type: ObjType, store_id: str, obj_id: str) -> bool:
         """Staged and not yet in place (a later `exists` on the store sees it once it is)."""
         return (obj_type, store_id, obj_id) in self._keys
 
-    def _check_usable(self) -> None:
-        """Under the lock: refuse work after a discard or a failed flush (its error again)."""
-        if self._discarded:
-            raise BatchDiscarded
-        if self._failure is not None:
-            raise self._failure
-
-    def _has_room(self) -> bool:
-        return (len(self._staged) + len(self._flushing) < self.max_objects
-                and self._bytes + self._flushing_bytes < self.max_bytes)
-
-    def _due(self) -> bool:
-        # By age no more often than 4x the last flush took: on a slow disk, at most a fifth of the time goes to
-        # flushes that the batch's size did not call for.
-        return bool(self._staged) and (
-            len(self._staged) >= self.max_objects or self._bytes >= self.max_bytes
-            or time.monotonic() - self._oldest >= max(self.flush_seconds, 4 * self._flush_cost))
-
     def put(self, objects: Iterable[tuple[ObjType, str, str, bytes]]) -> None:
         """Stage objects (blocking: run in a worker thread). Flushes when the batch is full or old."""
         with self._cond:
-            self._check_usable()
+            if self._discarded:
+                raise BatchDiscarded
             self._putting += 1
         try:
             for obj_type, store_id, obj_id, data in objects:
                 key = (obj_type, store_id, obj_id)
                 if key in self._keys:
                     continue
-                with self._cond:
-                    # Full: wait for the running flush, or flush (what is staged stays within one batch's limits).
-                    while not self._has_room() and self._in_flush:
-                        self._cond.wait()
-                    self._check_usable()
-                    full = not self._has_room()
-                if full:
-                    self.flush()
                 tmp = self._write_temporary(obj_type, obj_id, data)
                 final = self.store.path(obj_type, store_id, obj_id)
                 with self._cond:
-                    if self._discarded or self._failure is not None:
+                    if self._discarded:
                         _unlink_quietly(tmp)
-                        self._check_usable()
-                    if key in self._keys:  # staged by another thread meanwhile
-                        _unlink_quietly(tmp)
-                        continue
+                        raise BatchDiscarded
                     if not self._staged:
                         self._oldest = time.monotonic()
                     self._staged.append(_Staged(key, tmp, final))
                     self._keys.add(key)
                     self._bytes += len(data)
-                    due = self._due() and not self._in_flush
+                    # By age no more often than 4x the last flush took: on a slow disk, at most a fifth of
+                    # the time goes to flushes that the batch's size did not call for.
+                    due = (len(self._staged) >= self.max_objects or self._bytes >= self.max_bytes
+                           or time.monotonic() - self._oldest >= max(self.flush_seconds, 4 * self._flush_cost))
                 if due:
                     self.flush()
         finally:
@@ -255,58 +218,41 @@ class WriteBatch:
                 self._cond.notify_all()
 
     def flush(self) -> None:
-        """Contents durable, then every staged object renamed into place, in staging order. Waits for a flush
-        running in another thread first; a put that finds the batch due again meanwhile flushes again."""
+        """Contents durable, then every staged object renamed into place, in staging order."""
         with self._cond:
-            while self._in_flush:
-                self._cond.wait()
-            if self._failure is not None:
-                raise self._failure
             if not self._staged or self._discarded:
                 return
-            self._in_flush = True
-            taken, self._staged = self._staged, []
-            self._flushing, self._flushing_bytes, self._bytes = taken, self._bytes, 0
             started = time.monotonic()
-        placed = 0
-        try:
             self._durable()
-            for staged in taken:
-                self._place(staged.tmp, staged.final)
-                placed += 1
-        except BaseException as exc:
-            with self._cond:
-                self._failure = self._failure or exc
-            raise
-        finally:
-            with self._cond:
-                for staged in taken[:placed]:
+            placed = 0
+            try:
+                for staged in self._staged:
+                    self._place(staged.tmp, staged.final)
+                    placed += 1
+            finally:
+                for staged in self._staged[:placed]:
                     self._keys.discard(staged.key)
-                self._flushing = taken[placed:]
-                self._flushing_bytes = 0 if not self._flushing else self._flushing_bytes
-                self._flush_cost = time.monotonic() - started
-                self._in_flush = False
-                self._cond.notify_all()
+                del self._staged[:placed]
+                self._oldest = time.monotonic()
+                self._flush_cost = self._oldest - started
+            self._bytes = 0
 
     def seal(self) -> None:
         """Everything put is in place and durable, names included."""
         self.flush()
-        with self._cond:
-            self._check_usable()
         self._durable()
 
     def discard(self) -> None:
-        """Remove the temporary files of objects not yet placed (after a failed sync). Waits for puts and a flush
-        still running in other threads (a cancelled task does not stop its thread); later puts are refused."""
+        """Remove the temporary files of objects not yet placed (after a failed sync). Waits for puts still
+        running in other threads (a cancelled task does not stop its thread); later puts are refused."""
         with self._cond:
             self._discarded = True
-            self._cond.wait_for(lambda: self._putting == 0 and not self._in_flush)
-            for staged in self._staged + self._flushing:
+            self._cond.wait_for(lambda: self._putting == 0)
+            for staged in self._staged:
                 _unlink_quietly(staged.tmp)
             self._staged.clear()
-            self._flushing.clear()
             self._keys.clear()
-            self._bytes = self._flushing_bytes = 0
+            self._bytes = 0
 
     # The filesystem steps of a batch, separate so tests can interrupt each.
     def _write_temporary(self, obj_type: ObjType, obj_id: str, data: bytes) -> str:
