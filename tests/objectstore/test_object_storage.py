@@ -313,6 +313,47 @@ def test_local_sync_and_verify_on_s3_and_the_index_rebuilt_after_a_lost_object(
         writer.close()
 
 
+def test_index_rebuild_after_objects_deleted_behind_the_agents_back(
+        lab, backup_db_privileges, buckets, seafile_conf_backends, s3, capsys):
+    """An operator knows blocks were deleted from the backup's bucket (a lifecycle rule, say): `index rebuild` lists
+    the buckets now, and the next sync puts a lost block back as soon as a commit needs it again (with the index as
+    it was, the block would be taken as present and stay lost). On a filesystem backup there is no index."""
+    backup_buckets = buckets("backup")
+    seafile_conf_backends("backup", backup_buckets)
+    repo, writer = write_library(lab, files=20)
+    p, b = lab.primary, lab.backup
+    local_sync = ["local-sync", "--source-conf-dir", str(p.seafile_conf_dir), "--source-data-dir",
+                  str(p.seafile_data_dir), "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+    rebuild = ["index", "rebuild", "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+    try:
+        assert cmd_main(local_sync) == 0
+        big = writer.read_file(repo, "docs/big.bin")
+        lost = hashlib.sha1(big[: 64 * 1024]).hexdigest()
+        blocks = backup_buckets[ObjType.BLOCKS]
+        assert isinstance(blocks, S3Backend)
+        s3.delete_object(Bucket=blocks.bucket, Key=f"{repo}/{lost}")
+        capsys.readouterr()
+
+        assert cmd_main([*rebuild, "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        stored = Counter(kind for kind, _store, _obj in s3_objects(s3, backup_buckets))
+        assert {t["type"]: t["objects"] for t in doc["types"]} == {"commits": stored["commits"], "fs": stored["fs"],
+                                                                     "blocks": stored["blocks"]}
+        assert all(t["store"].startswith("S3 bucket ") for t in doc["types"])
+        assert cmd_main([*rebuild, "--type", "blocks"]) == 0
+        out = capsys.readouterr().out
+        assert f"blocks: {stored['blocks']} objects listed" in out and "fs:" not in out
+
+        writer.commit(repo, [Put("again.bin", big + b"and a different end")])
+        assert cmd_main(local_sync) == 0
+        assert s3_objects(s3, backup_buckets) == fs_objects(p.seafile_data_dir)  # the lost block is back
+    finally:
+        writer.close()
+    seafile_conf_backends("backup", {})  # the backup on its filesystem again
+    assert cmd_main(rebuild) == ExitCode.USAGE
+    assert "there is no index to rebuild" in capsys.readouterr().err
+
+
 def test_agents_status_and_verify_with_the_backup_on_s3(lab, backup_db_privileges, buckets, seafile_conf_backends,
                                                         s3, tmp_path):
     backup_buckets = buckets("backup")
