@@ -244,14 +244,17 @@ class _Signer:
         self.secret = conf.key
         self._keys: dict[str, bytes] = {}
 
-    def sign(self, method: str, key: str, body: bytes) -> tuple[str, dict[str, str]]:
+    def sign(self, method: str, key: str, body: bytes, *, now: datetime.datetime | None = None,
+             ) -> tuple[str, dict[str, str]]:
+        """The URL and headers of one request (`now`: the time it is signed at, default the present)."""
         quoted = urllib.parse.quote(key, safe="/~")
+        now = now or datetime.datetime.now(datetime.UTC)
         if self.sigv4:
-            return self.base + quoted, self._v4(method, self.path + quoted, body)
-        return self.base + quoted, self._v2(method, f"/{self.bucket}/{quoted}")
+            return self.base + quoted, self._v4(method, self.path + quoted, body, now)
+        return self.base + quoted, self._v2(method, f"/{self.bucket}/{quoted}", now)
 
-    def _v4(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        amz_date = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    def _v4(self, method: str, path: str, body: bytes, now: datetime.datetime) -> dict[str, str]:
+        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         date = amz_date[:8]
         payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         headers = {"host": self.host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
@@ -273,8 +276,8 @@ class _Signer:
             self._keys = {date: key}
         return key
 
-    def _v2(self, method: str, resource: str) -> dict[str, str]:
-        date = email.utils.formatdate(usegmt=True)
+    def _v2(self, method: str, resource: str, now: datetime.datetime) -> dict[str, str]:
+        date = email.utils.format_datetime(now, usegmt=True)
         signature = b64encode(hmac.digest(self.secret.encode(), f"{method}\n\n\n{date}\n{resource}".encode(),
                                           "sha1")).decode()
         return {"Host": self.host, "Date": date, "Authorization": f"AWS {self.key_id}:{signature}"}
