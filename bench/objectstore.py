@@ -39,6 +39,8 @@ CEPH_ADDR = os.environ.get("SEAFBACKUP_BENCH_CEPH_ADDR", "127.0.0.72")
 FILE_SIZE = 2048
 LAST_CPU = [0.0]
 """CPU seconds (user + system) of the last measured command."""
+PROFILE_DIR: Path | None = None
+"""`--profile DIR`: each `local-sync` runs under `py-spy record` (collapsed stacks, one file per run in DIR)."""
 
 
 def _set_backends(lab: Lab, host: str, backends: dict[ObjType, Backend] | None, base: dict[str, str]) -> None:
@@ -96,11 +98,16 @@ def _temp():
 def _local_sync(lab: Lab) -> dict:
     """`seaf-backup-cmd local-sync` in a subprocess: seconds, objects, bytes, peak RSS."""
     p, b = lab.primary, lab.backup
-    seconds, peak, stdout, _err = _measured(
-        [sys.executable, "-m", "seafbackup_agent.cli.main", "local-sync", "--json", "--source-conf-dir",
-         str(p.seafile_conf_dir), "--source-data-dir", str(p.seafile_data_dir), "--conf-dir", str(b.seafile_conf_dir),
-         "--data-dir", str(b.seafile_data_dir)])
-    doc = json.loads(stdout)
+    cmd = [sys.executable, "-m", "seafbackup_agent.cli.main", "local-sync", "--json", "--source-conf-dir",
+           str(p.seafile_conf_dir), "--source-data-dir", str(p.seafile_data_dir), "--conf-dir", str(b.seafile_conf_dir),
+           "--data-dir", str(b.seafile_data_dir)]
+    if PROFILE_DIR is not None:
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        out = PROFILE_DIR / f"local-sync-{time.strftime('%H%M%S')}.txt"
+        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "50", "--threads",
+               "--output", str(out), "--", *cmd]
+    seconds, peak, stdout, _err = _measured(cmd)
+    doc = json.loads("\n".join(line for line in stdout.splitlines() if not line.startswith("py-spy>")))
     objects = sum(d["commits"] + d["fs_objects"] + d["blocks"] for d in doc)
     data = sum(d["bytes"] for d in doc)
     engine = sum(float(d.get("duration") or 0) for d in doc)
@@ -133,21 +140,25 @@ def _rclone(ceph: CephCluster, pairs: list[tuple[str, str]]) -> dict:
             "objects_per_second": round(transferred / total, 1) if total else None, "peak_rss_mb": round(peak, 1)}
 
 
-def _upload(data_dir: Path, backends: dict[ObjType, Backend], s3) -> int:
-    """The filesystem store's objects into S3 buckets under Seafile's keys, 32 PUTs in flight."""
+def _upload(data_dir: Path, backends: dict[ObjType, Backend]) -> int:
+    """The filesystem store's objects into S3 buckets under Seafile's keys, 32 PUTs in flight (the agent's own
+    S3 client: the bench's setup takes half the CPU it would through boto3's put_object)."""
     import concurrent.futures
+
+    from seafbackup_agent.objectstore.s3_bucket import S3Bucket
 
     jobs = []
     for obj_type in ObjType:
-        bucket = backends[obj_type]
-        assert isinstance(bucket, S3Backend)
+        backend = backends[obj_type]
+        assert isinstance(backend, S3Backend)
+        bucket = S3Bucket(backend)
         base = data_dir / "storage" / obj_type.value
         for path in base.glob("*/??/*"):
             if len(path.name) == 38:
-                jobs.append((bucket.bucket, f"{path.parts[-3]}/{path.parent.name}{path.name}", path))
+                jobs.append((bucket, path.parts[-3], path.parent.name + path.name, path))
 
-    def put(job: tuple[str, str, Path]) -> None:
-        s3.put_object(Bucket=job[0], Key=job[1], Body=job[2].read_bytes())
+    def put(job: tuple[S3Bucket, str, str, Path]) -> None:
+        job[0].write(job[1], job[2], job[3].read_bytes())
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         list(pool.map(put, jobs))
@@ -173,7 +184,7 @@ def run_case(lab: Lab, ceph: CephCluster, s3, objects: int, source_on_s3: bool, 
             writer.commit(repo, list(bulk_files(files, FILE_SIZE)))
         if source_on_s3:  # the same library, moved into the primary's own buckets
             source = _buckets(ceph, s3, f"{tag}-src")
-            _upload(lab.primary.seafile_data_dir, source, s3)
+            _upload(lab.primary.seafile_data_dir, source)
             shutil.rmtree(lab.primary.seafile_data_dir / "storage")
             _set_backends(lab, "primary", source, conf_texts)
         written = time.monotonic() - started
@@ -218,7 +229,11 @@ def main() -> int:
     parser.add_argument("--objects", type=int, action="append", help="objects per library (default 10000)")
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument("--only", choices=["fs", "s3"], help="only filesystem -> S3, or only S3 -> S3")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="run each local-sync under py-spy record "
+                        "(collapsed stacks in DIR; its figures then include py-spy's own CPU)")
     args = parser.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
     sizes = args.objects or [10_000]
     lab = make_lab("seafbackup-bench-objects-")
     ceph = CephCluster(Path(lab.dir) / "ceph", CEPH_ADDR)

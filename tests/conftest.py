@@ -1,20 +1,34 @@
-"""Shared fixtures: a lab of two real MariaDB servers on 127.0.0.21/22, apart from any demo lab."""
+"""Shared fixtures: a lab of two real MariaDB servers on 127.0.0.21/22, apart from any demo lab; a real Ceph cluster
+(radosgw, librados) when a test asks for one.
+
+`pytest --backup-storage=s3` keeps the lab backup's objects in S3 buckets on that Ceph (three new ones per test,
+in its seafile.conf as Seafile reads them) instead of its `storage/` directory: the fault and verify tests then run
+unchanged against S3 (tests/backup_storage.py)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
+import botocore.config
 import pytest
 
+from seafbackup_agent.objectstore.backend_conf import Backend, S3Backend, render_sections
+from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_lab.ceph import CephCluster
 from seafbackup_lab.lab import Lab
 from seafbackup_lab.writer import SeafileServer
+from tests import backup_storage
 from tests.agents import Agents
 from tests.helpers import (
+    CEPH_ADDRESS,
     LIFECYCLE_ADDRESSES,
     PLAYBOOK_ADDRESSES,
     TEST_ADDRESSES,
+    TEST_TMP,
     make_lab_dir,
     root_sql,
     running_lab,
@@ -53,11 +67,61 @@ def session_lab() -> Iterator[Lab]:
         yield lab
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backup-storage", choices=("filesystem", "s3"), default="filesystem",
+                     help="where the lab backup keeps its Seafile objects: its storage/ directory (default), or S3 "
+                     "buckets on a lab Ceph (radosgw) started for the session")
+
+
 @pytest.fixture
-def lab(session_lab: Lab) -> Lab:
+def lab(session_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Lab]:
     for name in session_lab.hosts:
         wipe_host(session_lab, name)
-    return session_lab
+    if request.config.getoption("backup_storage") != "s3":
+        yield session_lab
+        return
+    s3 = request.getfixturevalue("s3")
+    ceph: CephCluster = request.getfixturevalue("ceph")
+    host, port = ceph.s3_host.split(":")
+    prefix = backup_storage.bucket_prefix(request)
+    backends: dict[ObjType, Backend] = {}
+    for obj_type in ObjType:
+        bucket = f"{prefix}-{obj_type.value}"[:63]
+        s3.create_bucket(Bucket=bucket)
+        backends[obj_type] = S3Backend(bucket=bucket, key_id=ceph.access_key, key=ceph.secret_key, host=host,
+                                       port=int(port), path_style_request=True, use_v4_signature=True)
+    conf = session_lab.backup.seafile_conf_dir / "seafile.conf"
+    saved = conf.read_text()
+    conf.write_text(saved + "".join(f"\n[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                                    for section, values in render_sections(backends).items()))
+    data_dir = session_lab.backup.seafile_data_dir
+    backup_storage.register(data_dir, backup_storage.S3Buckets(
+        s3, {t.value: b.bucket for t, b in backends.items() if isinstance(b, S3Backend)}))
+    try:
+        yield session_lab
+    finally:
+        backup_storage.unregister(data_dir)
+        conf.write_text(saved)
+
+
+@pytest.fixture(scope="session")
+def ceph() -> Iterator[CephCluster]:
+    root = TEST_TMP / f"seafbackup-test-ceph-{os.getpid()}"
+    cluster = CephCluster(root, CEPH_ADDRESS)
+    try:
+        cluster.up()
+        print(f"Ceph lab up at {CEPH_ADDRESS} in {cluster.started_in:.1f}s")
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def s3(ceph: CephCluster):
+    """An S3 client of the tests' own (not the agent's) on the lab's radosgw."""
+    return boto3.client("s3", endpoint_url=ceph.s3_endpoint, aws_access_key_id=ceph.access_key,
+                        aws_secret_access_key=ceph.secret_key, region_name="us-east-1",
+                        config=botocore.config.Config(max_pool_connections=32))
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.backup_storage import S3Object, object_path
+
 EMPTY = "0" * 40
 
 
@@ -19,8 +21,8 @@ class Closure:
     blocks: set[str] = field(default_factory=set)
 
 
-def _path(data_dir: Path, kind: str, store: str, oid: str) -> Path:
-    return data_dir / "storage" / kind / store / oid[:2] / oid[2:]
+def _path(data_dir: Path, kind: str, store: str, oid: str) -> Path | S3Object:
+    return object_path(data_dir, kind, store, oid)  # a file, or a key in the bucket of `--backup-storage=s3`
 
 
 def read_fs(data_dir: Path, store: str, oid: str) -> dict:

@@ -9,7 +9,7 @@ import sys
 
 from rich.console import Console
 
-from seafbackup_agent.cli import agent_cmds, local_sync, verify
+from seafbackup_agent.cli import agent_cmds, index, local_sync, verify
 from seafbackup_agent.cli.output import print_error
 from seafbackup_agent.errors import SeafBackupError
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cmds.add_parsers(sub)
     local_sync.add_parser(sub)
     verify.add_parser(sub)
+    index.add_parser(sub)
     return parser
 
 

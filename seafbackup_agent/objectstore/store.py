@@ -156,15 +156,24 @@ class BackendStore:
                 if not isinstance(backend, FsTypeBackend):
                     self._index_ready(obj_type)
 
-    def rebuild_index(self) -> dict[ObjType, int]:
-        """Rebuild the index of every object-storage type from a LIST now; objects listed per type."""
+    def indexed_types(self) -> list[ObjType]:
+        """The types on object storage (an index keeps what they hold; the filesystem's need none)."""
+        if self.index is None:
+            return []
+        return [t for t, b in self.backends.items() if not isinstance(b, FsTypeBackend)]
+
+    def rebuild_index(self, types: Iterable[ObjType] | None = None) -> dict[ObjType, int]:
+        """Rebuild the index of these object-storage types (default: all) from a LIST now; objects listed per
+        type. A LIST that fails leaves that type untrusted (the next `prepare` rebuilds it)."""
         listed = {}
-        if self.index is not None:
-            for obj_type, backend in self.backends.items():
-                if not isinstance(backend, FsTypeBackend):
-                    listed[obj_type] = self.index.rebuild(obj_type, backend.identity(), backend.list_all)
-                    with self._ready_lock:
-                        self._ready.add(obj_type)
+        assert self.index is not None or not self.indexed_types()
+        for obj_type in self.indexed_types() if types is None else types:
+            backend = self.backends[obj_type]
+            assert self.index is not None and not isinstance(backend, FsTypeBackend)
+            with self._ready_lock:
+                self._ready.discard(obj_type)
+                listed[obj_type] = self.index.rebuild(obj_type, backend.identity(), backend.list_all)
+                self._ready.add(obj_type)
         return listed
 
     def distrust_index(self, obj_type: ObjType) -> None:

@@ -22,7 +22,8 @@ def assert_published_heads_restorable(lab, *, skip: set[tuple[str, str]] = froze
     """Every library with a head on the backup (but the (library, head) pairs in `skip`) has that head's
     whole closure there, each object verified."""
     heads = published_heads(lab)
-    installation = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+    # On object storage: presence asked of the store itself, as `verify` does, not of the agent's index.
+    installation = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir, index=False)
     try:
         for repo_id, head in heads.items():
             if (repo_id, head) in skip:

@@ -16,18 +16,18 @@ from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.source import LocalSource
 from seafbackup_agent.sync.verify import check_library
 from seafbackup_lab.writer import bulk_files
+from tests.backup_storage import stored_ids
 from tests.faults.checks import assert_published_heads_restorable, leftovers, published_heads
 from tests.seafile_checks import Closure, check_closure, check_tree, head_files
 
-KILL_POINTS = 30
+KILL_POINTS = int(os.environ.get("SEAFBACKUP_FAULT_KILL_POINTS", "30"))
 WORKERS = 2  # the agents fixture pairs the lab with two workers
 BATCH_OBJECTS, BATCH_BYTES = 8192, 256 << 20  # FilesystemStore.batch()'s limits
 SEED = int(os.environ.get("SEAFBACKUP_FAULT_SEED", "20261201"))
 
 
 def _objects_stored(lab, repo: str) -> int:
-    storage = lab.backup.seafile_data_dir / "storage"
-    return sum(1 for kind in ("fs", "blocks") for p in (storage / kind / repo).rglob("*") if p.is_file())
+    return sum(len(stored_ids(lab.backup.seafile_data_dir, kind, repo)) for kind in ("fs", "blocks"))
 
 
 def _primary_log_size(agents) -> int:

@@ -24,6 +24,8 @@ from tests.helpers import wait_for
 from tests.playbooks import BIN, query, replica_status, run_playbook, snapshot
 from tests.seafile_checks import check_closure
 
+# A whole setup_backup.yml run, agents installed, is one step of these tests: minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(600)
 FAILOVER = "playbooks/failover.yml"
 CONFIRM = ("-e", "seafbackup_failover_confirm=true")
 

@@ -23,6 +23,8 @@ from seafbackup_lab.sshd import LabSSH
 from seafbackup_lab.writer import SeafileServer
 from tests.playbooks import query, replica_status, run_module, run_playbook, snapshot
 
+# A whole setup_backup.yml run, agents installed, is one step of these tests: minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(600)
 IGNORED = [
     "seafile_db.Repo", "seafile_db.Branch", "seafile_db.RepoHead", "seahub_db.base_userlastlogin",
     "seahub_db.django_session", "seahub_db.sysadmin_extra_userloginlog", "seahub_db.UserTrafficStat",

@@ -20,6 +20,7 @@ from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.verify import check_closure as verify_closure
 from seafbackup_lab.writer import Put, bulk_files
 from tests.agents import primary_url, wait_ready
+from tests.backup_storage import S3Object, object_path
 from tests.helpers import root_sql
 from tests.playbooks import run_module
 from tests.seafile_checks import check_closure
@@ -52,8 +53,8 @@ def _synced(primary, lab) -> dict[str, str]:
     return {"work": work, "vrepo": vrepo, "limited": limited}
 
 
-def _object_path(lab, kind: str, store: str, obj_id: str) -> Path:
-    return Path(lab.backup.seafile_data_dir) / "storage" / kind / store / obj_id[:2] / obj_id[2:]
+def _object_path(lab, kind: str, store: str, obj_id: str) -> Path | S3Object:
+    return object_path(lab.backup.seafile_data_dir, kind, store, obj_id)  # or its key (`--backup-storage=s3`)
 
 
 def test_verify_finds_a_whole_backup_ok_and_names_what_is_behind_missing_or_corrupt(primary, lab,

@@ -1,54 +1,23 @@
-"""A real Ceph cluster (radosgw for S3, librados for pools), started once per test session, and each test's
-own buckets and pools under a prefix of its own."""
+"""Each test's own buckets and pools under a prefix of its own, on the real Ceph cluster (radosgw for S3, librados
+for pools) that tests/conftest.py starts once per test session."""
 
 from __future__ import annotations
 
-import itertools
-import os
-import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from seafbackup_agent.objectstore.backend_conf import Backend, CephBackend, S3Backend, render_sections
 from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_lab.ceph import CephCluster
-from tests.helpers import CEPH_ADDRESS, TEST_TMP
-
-_names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def ceph() -> Iterator[CephCluster]:
-    root = TEST_TMP / f"seafbackup-test-ceph-{os.getpid()}"
-    cluster = CephCluster(root, CEPH_ADDRESS)
-    try:
-        cluster.up()
-        print(f"Ceph lab up at {CEPH_ADDRESS} in {cluster.started_in:.1f}s")
-        yield cluster
-    finally:
-        cluster.remove()
-
-
-@pytest.fixture(scope="session")
-def s3(ceph: CephCluster):
-    """An S3 client of the tests' own (not the agent's) on the lab's radosgw."""
-    return boto3.client("s3", endpoint_url=ceph.s3_endpoint, aws_access_key_id=ceph.access_key,
-                        aws_secret_access_key=ceph.secret_key, region_name="us-east-1")
-
-
-def _prefix(request: pytest.FixtureRequest) -> str:
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:24].strip("-")
-    return f"t{next(_names)}-{int(time.time()) % 100000}-{name}"
+from tests.backup_storage import bucket_prefix
 
 
 @pytest.fixture
 def buckets(ceph: CephCluster, s3, request: pytest.FixtureRequest) -> Callable[[str], dict[ObjType, Backend]]:
     """`buckets(role)`: three new buckets (commits, fs, blocks) for this test, as seafile.conf names them."""
-    prefix = _prefix(request)
+    prefix = bucket_prefix(request)
 
     def make(role: str) -> dict[ObjType, Backend]:
         backends: dict[ObjType, Backend] = {}
@@ -66,7 +35,7 @@ def buckets(ceph: CephCluster, s3, request: pytest.FixtureRequest) -> Callable[[
 @pytest.fixture
 def pools(ceph: CephCluster, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], dict[ObjType, Backend]]:
     """`pools(role)`: three new pools for this test, with a client ceph.conf and keyring as on a Seafile host."""
-    prefix = _prefix(request)
+    prefix = bucket_prefix(request)
     client_conf = ceph.client_conf(tmp_path / "etc-ceph")
 
     def make(role: str) -> dict[ObjType, Backend]:

@@ -15,7 +15,8 @@ import os
 import sys
 import threading
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import botocore.exceptions
@@ -26,6 +27,7 @@ from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.errors import ExitCode
 from seafbackup_agent.objectstore.backend_conf import Backend, CephBackend, S3Backend, render_sections
 from seafbackup_agent.objectstore.librados import load_rados
+from seafbackup_agent.objectstore.s3_bucket import S3Bucket
 from seafbackup_agent.objectstore.store import BackendStore
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
@@ -135,22 +137,28 @@ def write_library(lab, *, files: int = 60) -> tuple[str, SeafileServer]:
 
 
 @contextlib.contextmanager
-def count_requests(store, operation: str) -> Iterator[list[int]]:
-    """How many `operation` requests (HeadObject, PutObject...) the agent's S3 clients send in the block."""
+def wire_requests(store, before_send: Callable[[str], None] | None = None) -> Iterator[Counter[str]]:
+    """The agent's S3 requests sent in the block, by HTTP method (PUT, HEAD...), counted where they go on the wire:
+    the HTTP session of its S3 clients, which every request of theirs goes through. `before_send(method)` is
+    called before each is sent (it may raise, as a broken connection does)."""
     assert isinstance(store, BackendStore)
-    counter = [0]
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+    sessions = {id(b.http): b.http for b in store.backends.values() if isinstance(b, S3Bucket)}.values()
+    for session in sessions:
+        def send(request, _send=session.send):
+            if before_send is not None:
+                before_send(request.method)
+            with lock:
+                counts[request.method] += 1
+            return _send(request)
 
-    def seen(**_kwargs) -> None:
-        counter[0] += 1
-
-    clients = {id(b.client): b.client for b in store.backends.values()}.values()
-    for client in clients:
-        client.meta.events.register(f"before-call.s3.{operation}", seen, unique_id=f"count-{operation}")
+        session.send = send
     try:
-        yield counter
+        yield counts
     finally:
-        for client in clients:
-            client.meta.events.unregister(f"before-call.s3.{operation}", unique_id=f"count-{operation}")
+        for session in sessions:  # the clients are shared by every store on the same endpoint and keys
+            del session.send
 
 
 # --- tests ---------------------------------------------------------------------------------------------
@@ -171,14 +179,15 @@ def test_filesystem_to_s3_first_sync_then_one_change_without_a_head_per_object(
         assert_closed(backup)
 
         writer.commit(repo, [Put("bulk/d00001/f0000120.bin", b"changed")])
-        with count_requests(target.store, "HeadObject") as heads, count_requests(target.store, "PutObject") as puts:
+        with wire_requests(target.store) as requests:
             again = sync(source, target, repo)
         assert again.new_head == writer.head(repo)
         after = s3_objects(s3, backup_buckets)
         assert after == fs_objects(lab.primary.seafile_data_dir)
-        # One commit, the changed file, its block, and the directories above it: PUT once each, no HEAD at all.
-        assert puts[0] == len(after) - len(backup) == again.objects == 1 + 1 + 1 + 3
-        assert heads[0] == 0
+        # One commit, the changed file, its block, and the directories above it: PUT once each, no HEAD at all;
+        # one GET, the backup's head commit (its tree is what the change is diffed against).
+        assert requests["PUT"] == len(after) - len(backup) == again.objects == 1 + 1 + 1 + 3
+        assert requests["HEAD"] == 0 and requests["GET"] == 1
     finally:
         source.close()
         target.close()
@@ -244,22 +253,15 @@ def test_an_interrupted_sync_publishes_no_head_and_leaves_only_closed_objects(
         done = [0]
         lock = threading.Lock()
 
-        def maybe_fail(**_kwargs) -> None:
-            with lock:
-                if done[0] >= fail_after:
-                    raise StoreWentAway
-                done[0] += 1
+        def maybe_fail(method: str) -> None:
+            if method == "PUT":
+                with lock:
+                    if done[0] >= fail_after:
+                        raise StoreWentAway
+                    done[0] += 1
 
-        # The process's S3 clients are shared by every store on the same endpoint and keys: unhook afterwards.
-        clients = {id(b.client): b.client for b in target.store.backends.values()}.values()
-        for client in clients:
-            client.meta.events.register("before-send.s3.PutObject", maybe_fail, unique_id="maybe-fail")
-        try:
-            with pytest.raises(SyncError, match="connection to the store broke"):
-                sync(source, target, repo)
-        finally:
-            for client in clients:
-                client.meta.events.unregister("before-send.s3.PutObject", unique_id="maybe-fail")
+        with wire_requests(target.store, maybe_fail), pytest.raises(SyncError, match="connection to the store broke"):
+            sync(source, target, repo)
         assert target.rows.head(repo) is None
         landed = s3_objects(s3, backup_buckets)
         assert len(landed) == fail_after
@@ -309,6 +311,47 @@ def test_local_sync_and_verify_on_s3_and_the_index_rebuilt_after_a_lost_object(
         assert s3_objects(s3, backup_buckets) == fs_objects(p.seafile_data_dir)
     finally:
         writer.close()
+
+
+def test_index_rebuild_after_objects_deleted_behind_the_agents_back(
+        lab, backup_db_privileges, buckets, seafile_conf_backends, s3, capsys):
+    """An operator knows blocks were deleted from the backup's bucket (a lifecycle rule, say): `index rebuild` lists
+    the buckets now, and the next sync puts a lost block back as soon as a commit needs it again (with the index as
+    it was, the block would be taken as present and stay lost). On a filesystem backup there is no index."""
+    backup_buckets = buckets("backup")
+    seafile_conf_backends("backup", backup_buckets)
+    repo, writer = write_library(lab, files=20)
+    p, b = lab.primary, lab.backup
+    local_sync = ["local-sync", "--source-conf-dir", str(p.seafile_conf_dir), "--source-data-dir",
+                  str(p.seafile_data_dir), "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+    rebuild = ["index", "rebuild", "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+    try:
+        assert cmd_main(local_sync) == 0
+        big = writer.read_file(repo, "docs/big.bin")
+        lost = hashlib.sha1(big[: 64 * 1024]).hexdigest()
+        blocks = backup_buckets[ObjType.BLOCKS]
+        assert isinstance(blocks, S3Backend)
+        s3.delete_object(Bucket=blocks.bucket, Key=f"{repo}/{lost}")
+        capsys.readouterr()
+
+        assert cmd_main([*rebuild, "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        stored = Counter(kind for kind, _store, _obj in s3_objects(s3, backup_buckets))
+        assert {t["type"]: t["objects"] for t in doc["types"]} == {"commits": stored["commits"], "fs": stored["fs"],
+                                                                     "blocks": stored["blocks"]}
+        assert all(t["store"].startswith("S3 bucket ") for t in doc["types"])
+        assert cmd_main([*rebuild, "--type", "blocks"]) == 0
+        out = capsys.readouterr().out
+        assert f"blocks: {stored['blocks']} objects listed" in out and "fs:" not in out
+
+        writer.commit(repo, [Put("again.bin", big + b"and a different end")])
+        assert cmd_main(local_sync) == 0
+        assert s3_objects(s3, backup_buckets) == fs_objects(p.seafile_data_dir)  # the lost block is back
+    finally:
+        writer.close()
+    seafile_conf_backends("backup", {})  # the backup on its filesystem again
+    assert cmd_main(rebuild) == ExitCode.USAGE
+    assert "there is no index to rebuild" in capsys.readouterr().err
 
 
 def test_agents_status_and_verify_with_the_backup_on_s3(lab, backup_db_privileges, buckets, seafile_conf_backends,
