@@ -281,25 +281,37 @@ def test_an_interrupted_sync_publishes_no_head_and_leaves_only_closed_objects(
         writer.close()
 
 
+def _local_sync_args(lab) -> list[str]:
+    p, b = lab.primary, lab.backup
+    return ["local-sync", "--source-conf-dir", str(p.seafile_conf_dir), "--source-data-dir", str(p.seafile_data_dir),
+            "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+
+
+def _delete_the_first_block_of_big_bin(writer, repo, backup_buckets, s3) -> tuple[bytes, str]:
+    """Someone deletes a block from the backup's bucket behind the agent's back: docs/big.bin's first. Returns
+    that file's content and the block's id."""
+    big = writer.read_file(repo, "docs/big.bin")
+    lost = hashlib.sha1(big[: 64 * 1024]).hexdigest()
+    blocks = backup_buckets[ObjType.BLOCKS]
+    assert isinstance(blocks, S3Backend)
+    s3.delete_object(Bucket=blocks.bucket, Key=f"{repo}/{lost}")
+    return big, lost
+
+
 def test_local_sync_and_verify_on_s3_and_the_index_rebuilt_after_a_lost_object(
         lab, backup_db_privileges, buckets, seafile_conf_backends, s3, capsys):
     backup_buckets = buckets("backup")
     seafile_conf_backends("backup", backup_buckets)
     repo, writer = write_library(lab, files=20)
     p, b = lab.primary, lab.backup
-    local_sync = ["local-sync", "--source-conf-dir", str(p.seafile_conf_dir), "--source-data-dir",
-                  str(p.seafile_data_dir), "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+    local_sync = _local_sync_args(lab)
     verify = ["verify", "--no-compare", "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
     try:
         assert cmd_main(local_sync) == 0
         assert cmd_main(verify) == 0
         # Someone deletes a block (the first of docs/big.bin) behind the agent's back: verify, which asks the
         # store, sees it...
-        big = writer.read_file(repo, "docs/big.bin")
-        lost = hashlib.sha1(big[: 64 * 1024]).hexdigest()
-        blocks = backup_buckets[ObjType.BLOCKS]
-        assert isinstance(blocks, S3Backend)
-        s3.delete_object(Bucket=blocks.bucket, Key=f"{repo}/{lost}")
+        big, lost = _delete_the_first_block_of_big_bin(writer, repo, backup_buckets, s3)
         capsys.readouterr()
         assert cmd_main(verify) == ExitCode.MISSING_OBJECTS
         assert f"missing block {lost}" in capsys.readouterr().out
@@ -322,16 +334,11 @@ def test_index_rebuild_after_objects_deleted_behind_the_agents_back(
     seafile_conf_backends("backup", backup_buckets)
     repo, writer = write_library(lab, files=20)
     p, b = lab.primary, lab.backup
-    local_sync = ["local-sync", "--source-conf-dir", str(p.seafile_conf_dir), "--source-data-dir",
-                  str(p.seafile_data_dir), "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+    local_sync = _local_sync_args(lab)
     rebuild = ["index", "rebuild", "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
     try:
         assert cmd_main(local_sync) == 0
-        big = writer.read_file(repo, "docs/big.bin")
-        lost = hashlib.sha1(big[: 64 * 1024]).hexdigest()
-        blocks = backup_buckets[ObjType.BLOCKS]
-        assert isinstance(blocks, S3Backend)
-        s3.delete_object(Bucket=blocks.bucket, Key=f"{repo}/{lost}")
+        big, _lost = _delete_the_first_block_of_big_bin(writer, repo, backup_buckets, s3)
         capsys.readouterr()
 
         assert cmd_main([*rebuild, "--json"]) == 0
