@@ -12,7 +12,7 @@ s3_log=.s3-backup-tests.log
 SEAFBACKUP_FAULT_KILL_POINTS=6 SEAFBACKUP_TEST_ADDR_PREFIX=127.0.9.2 SEAFBACKUP_TEST_CEPH_ADDR=127.0.9.71 \
     "$bin/pytest" -p no:xdist --backup-storage=s3 "${s3_tests[@]}" > "$s3_log" 2>&1 &
 s3_pid=$!
-"$bin/pytest" -n "$jobs" --dist loadfile --no-loadscope-reorder
+"$bin/pytest" -n "$jobs" --dist loadfile --no-loadscope-reorder --durations=25
 main_rc=$?
 wait "$s3_pid"
 s3_rc=$?
