@@ -232,11 +232,8 @@ class _Signer:
                 "get_object", Params={"Bucket": conf.bucket, "Key": "k"}, ExpiresIn=60))
             if not sample.path.endswith("/k"):
                 raise ConfigError(f"unexpected S3 URL for bucket {conf.bucket}: {sample.path}")
-        self.path = sample.path.removesuffix("k")
-        self.base = f"{sample.scheme}://{sample.netloc}{self.path}"
-        self.host = sample.netloc
+        self.base = f"{sample.scheme}://{sample.netloc}{sample.path.removesuffix('k')}"
         self.bucket = conf.bucket
-        self.sigv4 = sigv4
         credentials = Credentials(conf.key_id, conf.key)
         self._auth: S3SigV4Auth | HmacV1Auth = (
             S3SigV4Auth(credentials, "s3", self.region) if sigv4 else HmacV1Auth(credentials))

@@ -420,6 +420,17 @@ def test_a_database_outage_is_a_503_and_the_client_says_so(lab):
     asyncio.run(scenario())
 
 
+def _run_logged_then_check(scenario, target, caplog, lab, primary, repo) -> None:
+    """Runs `scenario` with the access log captured (what _sync_and_list_requests reads), closes the target, and
+    checks that the library's closure at the primary's head is complete on the backup."""
+    try:
+        with caplog.at_level(logging.DEBUG, logger="seafbackup_agent.transport.access"):
+            asyncio.run(scenario())
+    finally:
+        target.close()
+    check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
+
+
 async def _sync_and_list_requests(engine: SyncEngine, repo: str, caplog) -> tuple[SyncResult, list[str]]:
     """One sync of `repo`; the last path segment of each request it sent, from the primary's access log (DEBUG)."""
     caplog.clear()
@@ -451,12 +462,7 @@ def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup
             assert (result.commits, result.fs_objects, result.blocks) == (1, 6, 1)
             assert requests == [repo, "fs-diff", "blocks"], requests
 
-    try:
-        with caplog.at_level(logging.DEBUG, logger="seafbackup_agent.transport.access"):
-            asyncio.run(scenario())
-    finally:
-        target.close()
-    check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
+    _run_logged_then_check(scenario, target, caplog, lab, primary, repo)
 
 
 def test_the_first_commit_of_a_library_created_empty_costs_three_requests(primary, lab, backup_db_privileges,
@@ -475,12 +481,7 @@ def test_the_first_commit_of_a_library_created_empty_costs_three_requests(primar
             assert (result.commits, result.fs_objects, result.blocks) == (1, 6, 2)
             assert requests == [repo, "fs-diff", "blocks"], requests
 
-    try:
-        with caplog.at_level(logging.DEBUG, logger="seafbackup_agent.transport.access"):
-            asyncio.run(scenario())
-    finally:
-        target.close()
-    check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
+    _run_logged_then_check(scenario, target, caplog, lab, primary, repo)
 
 
 def test_a_first_sync_of_many_small_directories_costs_a_request_per_level(primary, lab, backup_db_privileges, caplog):
@@ -499,9 +500,4 @@ def test_a_first_sync_of_many_small_directories_costs_a_request_per_level(primar
             # 90 file objects at once, and the 90 blocks in one pack (copied a directory at a time: 65 requests).
             assert requests[0] == repo and requests[2:] == ["fs", "fs", "fs", "fs", "blocks"], requests
 
-    try:
-        with caplog.at_level(logging.DEBUG, logger="seafbackup_agent.transport.access"):
-            asyncio.run(scenario())
-    finally:
-        target.close()
-    check_closure(lab.backup.seafile_data_dir, repo, repo, primary.head(repo))
+    _run_logged_then_check(scenario, target, caplog, lab, primary, repo)

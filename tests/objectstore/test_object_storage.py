@@ -281,10 +281,15 @@ def test_an_interrupted_sync_publishes_no_head_and_leaves_only_closed_objects(
         writer.close()
 
 
+def _backup_dirs(lab) -> list[str]:
+    """seaf-backup-cmd's options naming the lab backup's Seafile conf and data directories."""
+    return ["--conf-dir", str(lab.backup.seafile_conf_dir), "--data-dir", str(lab.backup.seafile_data_dir)]
+
+
 def _local_sync_args(lab) -> list[str]:
-    p, b = lab.primary, lab.backup
+    p = lab.primary
     return ["local-sync", "--source-conf-dir", str(p.seafile_conf_dir), "--source-data-dir", str(p.seafile_data_dir),
-            "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+            *_backup_dirs(lab)]
 
 
 def _delete_the_first_block_of_big_bin(writer, repo, backup_buckets, s3) -> tuple[bytes, str]:
@@ -303,9 +308,9 @@ def test_local_sync_and_verify_on_s3_and_the_index_rebuilt_after_a_lost_object(
     backup_buckets = buckets("backup")
     seafile_conf_backends("backup", backup_buckets)
     repo, writer = write_library(lab, files=20)
-    p, b = lab.primary, lab.backup
+    p = lab.primary
     local_sync = _local_sync_args(lab)
-    verify = ["verify", "--no-compare", "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+    verify = ["verify", "--no-compare", *_backup_dirs(lab)]
     try:
         assert cmd_main(local_sync) == 0
         assert cmd_main(verify) == 0
@@ -333,9 +338,9 @@ def test_index_rebuild_after_objects_deleted_behind_the_agents_back(
     backup_buckets = buckets("backup")
     seafile_conf_backends("backup", backup_buckets)
     repo, writer = write_library(lab, files=20)
-    p, b = lab.primary, lab.backup
+    p = lab.primary
     local_sync = _local_sync_args(lab)
-    rebuild = ["index", "rebuild", "--conf-dir", str(b.seafile_conf_dir), "--data-dir", str(b.seafile_data_dir)]
+    rebuild = ["index", "rebuild", *_backup_dirs(lab)]
     try:
         assert cmd_main(local_sync) == 0
         big, _lost = _delete_the_first_block_of_big_bin(writer, repo, backup_buckets, s3)
