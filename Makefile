@@ -53,11 +53,12 @@ test: deps
 	$(MAKE) lint
 	./scripts/run-tests.sh $(TEST_JOBS)
 
-# Every fault test and verify test that runs unchanged on S3 (tests/faults/test_closure.py's second test breaks
-# files by their paths: filesystem only).
+# Every fault, verify and failover test that runs unchanged on S3 (tests/faults/test_closure.py's second test
+# breaks files by their paths: filesystem only).
 test-s3-backup: deps
 	$(BIN)/pytest -p no:xdist --backup-storage=s3 tests/faults/test_crashes.py tests/integration/test_verify.py \
-		tests/faults/test_closure.py::test_the_closure_of_a_copied_library_is_complete_and_counted
+		tests/faults/test_closure.py::test_the_closure_of_a_copied_library_is_complete_and_counted \
+		tests/integration/test_failover.py
 
 # Benchmarks: write docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks/*.png.
 bench: deps

@@ -20,6 +20,10 @@ from typing import Any
 
 import pytest
 
+from seafbackup_agent.objectstore.backend_conf import S3Backend
+from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_lab.ceph import CephCluster
+
 KINDS = ("commits", "fs", "blocks")
 _names = itertools.count()
 
@@ -102,8 +106,21 @@ class S3Buckets:
 _on_s3: dict[Path, S3Buckets] = {}
 
 
-def register(data_dir: Path, buckets: S3Buckets) -> None:
-    _on_s3[Path(data_dir).resolve()] = buckets
+def create_s3_backends(s3: Any, ceph: CephCluster, prefix: str) -> dict[ObjType, S3Backend]:
+    """Three new buckets on the lab Ceph's radosgw, one per object type, as backends."""
+    host, port = ceph.s3_host.split(":")
+    backends = {}
+    for obj_type in ObjType:
+        bucket = f"{prefix}-{obj_type.value}"[:63]
+        s3.create_bucket(Bucket=bucket)
+        backends[obj_type] = S3Backend(bucket=bucket, key_id=ceph.access_key, key=ceph.secret_key, host=host,
+                                       port=int(port), path_style_request=True, use_v4_signature=True)
+    return backends
+
+
+def register(data_dir: Path, s3: Any, backends: dict[ObjType, S3Backend]) -> None:
+    """The checks find `data_dir`'s objects in these buckets from now on."""
+    _on_s3[Path(data_dir).resolve()] = S3Buckets(s3, {t.value: b.bucket for t, b in backends.items()})
 
 
 def unregister(data_dir: Path) -> None:

@@ -16,8 +16,7 @@ import boto3
 import botocore.config
 import pytest
 
-from seafbackup_agent.objectstore.backend_conf import Backend, S3Backend, render_sections
-from seafbackup_agent.seafile.storage import ObjType
+from seafbackup_agent.objectstore.backend_conf import render_sections
 from seafbackup_lab.ceph import CephCluster
 from seafbackup_lab.lab import Lab
 from seafbackup_lab.writer import SeafileServer
@@ -82,21 +81,13 @@ def lab(session_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Lab]:
         return
     s3 = request.getfixturevalue("s3")
     ceph: CephCluster = request.getfixturevalue("ceph")
-    host, port = ceph.s3_host.split(":")
-    prefix = backup_storage.bucket_prefix(request)
-    backends: dict[ObjType, Backend] = {}
-    for obj_type in ObjType:
-        bucket = f"{prefix}-{obj_type.value}"[:63]
-        s3.create_bucket(Bucket=bucket)
-        backends[obj_type] = S3Backend(bucket=bucket, key_id=ceph.access_key, key=ceph.secret_key, host=host,
-                                       port=int(port), path_style_request=True, use_v4_signature=True)
+    backends = backup_storage.create_s3_backends(s3, ceph, backup_storage.bucket_prefix(request))
     conf = session_lab.backup.seafile_conf_dir / "seafile.conf"
     saved = conf.read_text()
     conf.write_text(saved + "".join(f"\n[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
                                     for section, values in render_sections(backends).items()))
     data_dir = session_lab.backup.seafile_data_dir
-    backup_storage.register(data_dir, backup_storage.S3Buckets(
-        s3, {t.value: b.bucket for t, b in backends.items() if isinstance(b, S3Backend)}))
+    backup_storage.register(data_dir, s3, backends)
     try:
         yield session_lab
     finally:

@@ -10,16 +10,23 @@ backup, which replicates and syncs.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 
 import pymysql
 import pytest
+import yaml
 
+from seafbackup_agent.config import load_seafile_conf
+from seafbackup_agent.objectstore.backend_conf import render_sections
 from seafbackup_lab.lab import render_inventory
 from seafbackup_lab.writer import Put, SeafileServer
+from tests import backup_storage
 from tests.helpers import wait_for
 from tests.playbooks import BIN, query, replica_status, run_playbook, snapshot
 from tests.seafile_checks import check_closure
@@ -84,13 +91,40 @@ def _files_and_backup_server(lab) -> dict:
     return state
 
 
+def _backup_on_s3(request, lab) -> dict:
+    """With `--backup-storage=s3`: three new buckets on the lab Ceph for the backup, given to setup_backup.yml as
+    an admin would, in the backup's host_vars with the secret key in a vault. The backends as the backup's
+    seafile.conf must then name them; {} on the filesystem."""
+    if request.config.getoption("backup_storage") != "s3":
+        return {}
+    s3, ceph = request.getfixturevalue("s3"), request.getfixturevalue("ceph")
+    backends = backup_storage.create_s3_backends(s3, ceph, backup_storage.bucket_prefix(request))
+    password = lab.dir / "vault-password"
+    password.write_text(secrets.token_hex(16))
+    os.environ["ANSIBLE_VAULT_PASSWORD_FILE"] = str(password)  # for every playbook run of the drill
+
+    def remove():
+        os.environ.pop("ANSIBLE_VAULT_PASSWORD_FILE", None)
+        shutil.rmtree(lab.dir / "host_vars", ignore_errors=True)
+        backup_storage.unregister(lab.backup.seafile_data_dir)
+    request.addfinalizer(remove)
+    vaulted = subprocess.run([str(BIN / "ansible-vault"), "encrypt_string", "--stdin-name", "vault_backup_s3_key"],
+                             input=ceph.secret_key, capture_output=True, text=True, check=True).stdout
+    sections = {kind: {**values, "key": "{{ vault_backup_s3_key }}"} for kind, values in zip(
+        ("commits", "fs", "blocks"), render_sections(backends).values(), strict=True)}
+    (lab.dir / "host_vars").mkdir()
+    (lab.dir / "host_vars/backup.yml").write_text(
+        yaml.safe_dump({"seafbackup_seafile_conf_backup_backends": sections}) + vaulted)
+    backup_storage.register(lab.backup.seafile_data_dir, s3, backends)
+    return backends
+
+
 @pytest.fixture(scope="module")
-def drill(playbook_lab, state, timings):
+def drill(playbook_lab, state, timings, request):
     """setup_backup.yml on a fresh lab with libraries; one of them then fails to sync on the backup."""
-    if "libraries" in state:
-        return playbook_lab
     lab = playbook_lab
     lab.reset()
+    state["backends"] = _backup_on_s3(request, lab)
     state["conf_before"] = (lab.backup.seafile_conf_dir / "seafile.conf").read_bytes()
     with _seaf(lab.primary) as primary:
         good = primary.create_library("Good library", "alice@example.com")
@@ -107,6 +141,9 @@ def drill(playbook_lab, state, timings):
     run = run_playbook(lab.dir / "inventory.yml")
     assert run.rc == 0, run.output[-4000:]
     timings["setup_backup.yml"] = run.seconds
+    written = load_seafile_conf(lab.backup.seafile_conf_dir).backends
+    assert render_sections(written) == render_sections(state["backends"])
+    assert not any(backend.key in run.output for backend in state["backends"].values())
     # A change on the primary whose block is corrupt: the backup's agent is away while it is made, and its
     # first poll when it comes back finds the new head and fails on the block.
     _lab_cmd(lab, "service", "backup", "agent", "stop")
@@ -149,6 +186,12 @@ def test_without_confirmation_it_lists_the_libraries_behind_and_changes_nothing(
     assert "-e seafbackup_failover_confirm=true" in text
     assert f"{state['libraries']['bad']} (Broken library): failed" in text
     assert snapshot(drill) == before
+
+
+def _sections(text: str) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return {name: dict(parser[name]) for name in parser.sections()}
 
 
 def _env_file(path):
@@ -233,10 +276,14 @@ def test_failover_promotes_the_backup(drill, state, timings):
     assert _tokens(drill, "backup", libs["good"]) == [{"token": state["tokens"][libs["good"]]}]
     peers = query(drill, "backup", "SELECT token FROM seafile_db.RepoTokenPeerInfo")
     assert peers == [{"token": state["tokens"][libs["good"]]}]
-    # [backup] is gone, the rest of seafile.conf byte for byte, 0600.
+    # [backup] is gone; what seafile.conf held before setup_backup.yml is there byte for byte, followed only by
+    # the object storage sections setup_backup.yml wrote (with --backup-storage=s3), which the new primary's
+    # Seafile reads its objects from. 0600.
     conf = backup.seafile_conf_dir / "seafile.conf"
     assert "[backup]" not in conf.read_text()
-    assert conf.read_bytes().rstrip(b"\n") == state["conf_before"].rstrip(b"\n")
+    assert conf.read_bytes().startswith(state["conf_before"].rstrip(b"\n"))
+    assert _sections(conf.read_text()) == _sections(state["conf_before"].decode()) | render_sections(
+        state["backends"])
     assert conf.stat().st_mode & 0o777 == 0o600
     # Fenced: the old primary's Seafile and agent stopped; the new primary's Seafile runs, its agent does not.
     assert _seafile_state(drill.primary) == "stopped" and drill.primary.unit_services[0].pid() is None
