@@ -151,6 +151,18 @@ class HeadMovedConflict(PublishConflict):
     """Someone other than the agent moved the library's Branch on the backup."""
 
 
+@dataclass(frozen=True, slots=True)
+class HeadMove:
+    """A library's head to publish on the backup: `new_head` if `Branch` still holds `expected_head` and the
+    store's GCID is still `expected_gc_id` (both read before the copy)."""
+
+    repo_id: str
+    store_id: str
+    expected_head: str | None
+    new_head: str
+    expected_gc_id: str | None
+
+
 def publish_head(
     conn: pymysql.connections.Connection,
     *,
@@ -162,58 +174,81 @@ def publish_head(
 ) -> None:
     """Move a library's head on the backup in one transaction, as Seafile's own head update does:
     GCID compare, Branch compare-and-swap, then Repo/RepoHead/Branch. Written with sql_log_bin=0 so a
-    backup that is promoted later carries no errant transactions.
+    backup that is promoted later carries no errant transactions."""
+    [failure] = publish_heads(conn, [HeadMove(repo_id, store_id, expected_head, new_head, expected_gc_id)])
+    if failure is not None:
+        raise failure
+
+
+def publish_heads(conn: pymysql.connections.Connection, moves: list[HeadMove]) -> list[DatabaseError | None]:
+    """`publish_head` for several libraries in one transaction (the backup agent's group commit): each library
+    still has its own GCID compare and `Branch` compare-and-swap, and one that fails them is left out (its
+    conflict is its entry of the answer) while the others are published. Answers, per move, None (published)
+    or the error that kept it; a database failure is every library's error (nothing was published).
 
     The locking reads keep REPEATABLE READ's gap locks on purpose: they make a concurrent Seafile GC's
-    new GCID row wait for this commit. Two workers publishing new libraries can then deadlock on the
-    same gap of `Branch`; InnoDB rolls one back whole, and it is simply run again."""
+    new GCID row wait for this commit. Two writers publishing new libraries can then deadlock on the
+    same gap of `Branch`; InnoDB rolls one back whole, and it is simply run again. Rows are locked in
+    library order, so that two groups lock them in the same order."""
+    ordered = sorted(range(len(moves)), key=lambda i: moves[i].repo_id)
 
-    def attempt() -> None:
+    def attempt() -> list[DatabaseError | None]:
+        outcome: list[DatabaseError | None] = [None] * len(moves)
         with conn.cursor() as cur:
             cur.execute("SET SESSION sql_log_bin=0")
             conn.begin()
-            cur.execute("SELECT gc_id FROM GCID WHERE repo_id=%s FOR UPDATE", (store_id,))
-            row = cur.fetchone()
-            gc_id = row[0] if row else None
-            if gc_id != expected_gc_id:
-                conn.rollback()
-                raise GCConflict(
-                    f"library {repo_id}: Seafile GC ran on the backup during the copy (GCID changed)",
-                    hint="the sync is redone with a full check of the copied objects",
+            gc_ids: dict[str, str | None] = {}
+            for i in ordered:
+                move = moves[i]
+                if move.store_id not in gc_ids:
+                    cur.execute("SELECT gc_id FROM GCID WHERE repo_id=%s FOR UPDATE", (move.store_id,))
+                    row = cur.fetchone()
+                    gc_ids[move.store_id] = row[0] if row else None
+                if gc_ids[move.store_id] != move.expected_gc_id:
+                    outcome[i] = GCConflict(
+                        f"library {move.repo_id}: Seafile GC ran on the backup during the copy (GCID changed)",
+                        hint="the sync is redone with a full check of the copied objects",
+                    )
+                    continue
+                cur.execute(
+                    "SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s FOR UPDATE", (move.repo_id, BRANCH)
                 )
-            cur.execute(
-                "SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s FOR UPDATE", (repo_id, BRANCH)
-            )
-            row = cur.fetchone()
-            current = row[0] if row else None
-            if current != expected_head:
+                row = cur.fetchone()
+                current = row[0] if row else None
+                if current != move.expected_head:
+                    outcome[i] = HeadMovedConflict(
+                        f"library {move.repo_id}: its head on the backup moved from {move.expected_head} to "
+                        f"{current} during the copy",
+                        hint="another writer changed Branch on the backup; only the sync agent may",
+                    )
+            publish = [moves[i] for i in ordered if outcome[i] is None]
+            if not publish:
                 conn.rollback()
-                raise HeadMovedConflict(
-                    f"library {repo_id}: its head on the backup moved from {expected_head} to {current} during "
-                    "the copy",
-                    hint="another writer changed Branch on the backup; only the sync agent may",
-                )
-            cur.execute("INSERT IGNORE INTO Repo (repo_id) VALUES (%s)", (repo_id,))
+                return outcome
+            rows = ", ".join(["(%s)"] * len(publish))
+            cur.execute(f"INSERT IGNORE INTO Repo (repo_id) VALUES {rows}", [m.repo_id for m in publish])
+            pairs = ", ".join(["(%s, %s)"] * len(publish))
+            cur.execute(f"INSERT IGNORE INTO RepoHead (repo_id, branch_name) VALUES {pairs}",
+                        [v for m in publish for v in (m.repo_id, BRANCH)])
+            triples = ", ".join(["(%s, %s, %s)"] * len(publish))
             cur.execute(
-                "INSERT IGNORE INTO RepoHead (repo_id, branch_name) VALUES (%s, %s)", (repo_id, BRANCH)
-            )
-            cur.execute(
-                "INSERT INTO Branch (name, repo_id, commit_id) VALUES (%s, %s, %s) "
+                f"INSERT INTO Branch (name, repo_id, commit_id) VALUES {triples} "
                 "ON DUPLICATE KEY UPDATE commit_id=VALUES(commit_id)",
-                (BRANCH, repo_id, new_head),
+                [v for m in publish for v in (BRANCH, m.repo_id, m.new_head)],
             )
             conn.commit()
+        return outcome
 
     for attempt_number in range(DEADLOCK_RETRIES):
         try:
-            attempt()
-            return
+            return attempt()
         except pymysql.MySQLError as exc:
             _rollback_quietly(conn)
             if error_code(exc) == ER.LOCK_DEADLOCK and attempt_number + 1 < DEADLOCK_RETRIES:
                 time.sleep(random.uniform(0.005, 0.05) * (attempt_number + 1))
                 continue
-            raise _write_failed(repo_id, "publishing the new head", exc) from exc
+            return [_write_failed(move.repo_id, "publishing the new head", exc) for move in moves]
+    raise AssertionError("unreachable")
 
 
 def remove_library(conn: pymysql.connections.Connection, repo_id: str) -> None:

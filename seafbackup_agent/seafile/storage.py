@@ -217,13 +217,15 @@ class WriteBatch:
                 self._putting -= 1
                 self._cond.notify_all()
 
-    def flush(self) -> None:
-        """Contents durable, then every staged object renamed into place, in staging order."""
+    def flush(self, *, barrier: bool = True) -> None:
+        """Contents durable, then every staged object renamed into place, in staging order. `barrier=False`:
+        the caller has made the contents durable since the last put (`seal_together`)."""
         with self._cond:
             if not self._staged or self._discarded:
                 return
             started = time.monotonic()
-            self._durable()
+            if barrier:
+                self._durable()
             placed = 0
             try:
                 for staged in self._staged:
@@ -282,6 +284,23 @@ class WriteBatch:
             durable(self.store.root)
         except OSError as exc:
             raise storage_error(exc, str(self.store.root), "making durable") from exc
+
+
+def seal_together(batches: Sequence[ObjectBatch]) -> None:
+    """`seal()` each batch (every put of each has returned), sharing the barriers between the filesystem
+    batches of one store: one `syncfs` makes all their staged contents durable, each batch's objects are
+    renamed into place in the order it put them, one more `syncfs` makes the names durable."""
+    files = [b for b in batches if isinstance(b, WriteBatch)]
+    roots = {str(b.store.root): b for b in files}
+    for batch in roots.values():
+        batch._durable()
+    for batch in files:
+        batch.flush(barrier=False)
+    for batch in roots.values():
+        batch._durable()
+    for other in batches:
+        if not isinstance(other, WriteBatch):
+            other.seal()
 
 
 def _unlink_quietly(path: str) -> None:

@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.library import LibraryRows
 from seafbackup_agent.service.freshness import FreshnessTracker, PairingState
 from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.state import LibraryState, StateStore
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
 from seafbackup_agent.sync.progress import StoreProgress
+from seafbackup_agent.sync.publish import GroupPublisher, Publication
 from seafbackup_agent.sync.result import SyncResult
 from seafbackup_agent.sync.source import ObjectSource
 from seafbackup_agent.transport.errors import failure_kind
@@ -34,6 +36,21 @@ class BackupOptions:
     poll_retry_min: float = 1.0
     poll_retry_max: float = 60.0
     """A failed poll is retried after 1, 2, 4 ... this many seconds, not after the poll interval."""
+    publishing_per_worker: int = 4
+    """Syncs whose objects are copied and whose head waits for its group's publish, per worker: the worker goes
+    on with the next library meanwhile (each waiting sync keeps its database connection)."""
+
+
+class _Handover:
+    """The group publisher as one sync sees it: handing its head over frees the sync's worker (`copied`)."""
+
+    def __init__(self, publisher: GroupPublisher, copied: asyncio.Event) -> None:
+        self._publisher = publisher
+        self._copied = copied
+
+    async def publish(self, publication: Publication) -> None:
+        self._copied.set()
+        await self._publisher.publish(publication)
 
 
 class BackupService:
@@ -61,6 +78,11 @@ class BackupService:
         """running library -> the primary's head its sync read (None: deleted there); absent until read"""
         self._rerun: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._slots = asyncio.Semaphore(options.workers * max(1, options.publishing_per_worker))
+        self._syncs: set[asyncio.Task[None]] = set()
+        self._idle_targets: list[SeafileInstallation] = []
+        self._publisher_target: SeafileInstallation | None = None
+        self.publisher = GroupPublisher(self._open_publisher_rows, on_group=metrics.publish_group_size.observe)
         self.first_poll_done = asyncio.Event()
         self.last_poll: float | None = None
         self.last_poll_error: str | None = None
@@ -128,6 +150,24 @@ class BackupService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        syncs = list(self._syncs)
+        for task in syncs:
+            task.cancel()
+        await asyncio.gather(*syncs, return_exceptions=True)
+        await self.publisher.aclose()
+        for target in self._idle_targets:
+            target.close()
+        self._idle_targets.clear()
+        if self._publisher_target is not None:
+            self._publisher_target.close()
+
+    def _open_publisher_rows(self) -> LibraryRows:
+        """The group publisher's database connection (called again after a failure: a new one)."""
+        if self._publisher_target is not None:
+            self._publisher_target.close()
+            self._publisher_target = None
+        self._publisher_target = self.open_target()
+        return self._publisher_target.rows
 
     # --- poll ---------------------------------------------------------------------------------------
 
@@ -221,49 +261,69 @@ class BackupService:
     # --- workers ------------------------------------------------------------------------------------
 
     async def _worker(self, number: int) -> None:
-        target: SeafileInstallation | None = None
-        try:
-            while True:
+        """Copies one library at a time. Once a sync has copied its objects and handed its head to the group
+        publisher, the worker goes on with the next library while that one waits for its group."""
+        while True:
+            await self._slots.acquire()
+            try:
                 repo_id = await self._queue.get()
-                self._queued.discard(repo_id)
-                self.metrics.queue_depth.set(len(self._queued))
-                if repo_id in self._running:
-                    # One sync per library at a time (two would race on its Branch row): again after this one.
-                    self._rerun.add(repo_id)
-                    continue
-                force = repo_id in self._forced
-                self._forced.discard(repo_id)
-                # Who asked before this sync started gets its outcome; who asks during it, the next one's.
-                waiters = self._waiters.pop(repo_id, [])
-                self._running.add(repo_id)
-                self.freshness.sync_started(repo_id)
-                outcome: dict = {"ok": False, "target": target}
-                try:
-                    outcome = await self._sync_one(repo_id, force, target)
-                finally:
-                    self._running.discard(repo_id)
-                    self._toward.pop(repo_id, None)
-                    self.progress.finish(repo_id, done=repo_id not in self._rerun and repo_id not in self._queued)
-                    self.freshness.sync_finished(repo_id, ok=outcome["ok"])
-                if repo_id in self._rerun:
-                    self._rerun.discard(repo_id)
-                    if repo_id not in self._queued:
-                        self._queued.add(repo_id)
-                        self._queue.put_nowait(repo_id)
-                target = outcome.pop("target")
-                for future in waiters:
-                    if not future.done():
-                        future.set_result(outcome)
-        finally:
-            if target is not None:
-                target.close()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._queued.discard(repo_id)
+            self.metrics.queue_depth.set(len(self._queued))
+            if repo_id in self._running:
+                # One sync per library at a time (two would race on its Branch row): again after this one.
+                self._rerun.add(repo_id)
+                self._slots.release()
+                continue
+            force = repo_id in self._forced
+            self._forced.discard(repo_id)
+            # Who asked before this sync started gets its outcome; who asks during it, the next one's.
+            waiters = self._waiters.pop(repo_id, [])
+            self._running.add(repo_id)
+            self.freshness.sync_started(repo_id)
+            copied = asyncio.Event()
+            task = asyncio.create_task(self._run_sync(repo_id, force, waiters, copied))
+            self._syncs.add(task)
+            task.add_done_callback(self._syncs.discard)
+            handed_over = asyncio.ensure_future(copied.wait())
+            try:
+                await asyncio.wait({task, handed_over}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                handed_over.cancel()
 
-    async def _sync_one(self, repo_id: str, force: bool, target: SeafileInstallation | None) -> dict:
+    async def _run_sync(self, repo_id: str, force: bool, waiters: list[asyncio.Future], copied: asyncio.Event) -> None:
+        target = self._idle_targets.pop() if self._idle_targets else None
+        outcome: dict = {"ok": False, "target": target}
+        try:
+            outcome = await self._sync_one(repo_id, force, target, copied)
+        finally:
+            self._slots.release()
+            self._running.discard(repo_id)
+            self._toward.pop(repo_id, None)
+            self.progress.finish(repo_id, done=repo_id not in self._rerun and repo_id not in self._queued)
+            self.freshness.sync_finished(repo_id, ok=outcome["ok"])
+        if repo_id in self._rerun:
+            self._rerun.discard(repo_id)
+            if repo_id not in self._queued:
+                self._queued.add(repo_id)
+                self._queue.put_nowait(repo_id)
+        target = outcome.pop("target")
+        if target is not None:
+            self._idle_targets.append(target)
+        for future in waiters:
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _sync_one(self, repo_id: str, force: bool, target: SeafileInstallation | None,
+                        copied: asyncio.Event) -> dict:
         self.state.syncing(repo_id)
         try:
             if target is None:
                 target = await asyncio.to_thread(self.open_target)
-            engine = SyncEngine(self.source, target, self.engine_options, block_slots=self._block_slots)
+            engine = SyncEngine(self.source, target, self.engine_options, block_slots=self._block_slots,
+                                publisher=_Handover(self.publisher, copied))
             result: SyncResult = await engine.sync_library(repo_id, force=force,
                                                            on_progress=self.progress.start(repo_id),
                                                            on_head=lambda head: self._heading_to(repo_id, head))
@@ -320,4 +380,5 @@ class BackupService:
         self.metrics.primary_last_seen_seconds.set(math.nan if seen is None else time.time() - seen)
         self.metrics.libraries_remaining.set(self.progress.remaining())
         self.metrics.in_progress_bytes.set(self.progress.in_progress_bytes())
+        self.metrics.publishing.set(self.publisher.pending)
 

@@ -35,6 +35,13 @@ class AgentMetrics:
         self.syncs = Counter("seafbackup_syncs", "Library syncs finished", ["outcome"], registry=r)
         self.failures = Counter("seafbackup_sync_failures", "Library syncs that failed", registry=r)
         self.sync_seconds = Histogram("seafbackup_sync_seconds", "Duration of one library sync", registry=r)
+        self.publish_group_size = Histogram(
+            "seafbackup_publish_group_size",
+            "Libraries whose heads were published together (backup): each group is one durability barrier and "
+            "one database transaction (_count), _sum the libraries", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r)
+        self.publishing = Gauge(
+            "seafbackup_publishing", "Libraries copied whose head waits for its group's publish (backup)", registry=r)
         self.poll_seconds = Histogram("seafbackup_poll_seconds", "Duration of a full poll", registry=r)
         self.notifications = Counter(
             "seafbackup_notifications", "Head-move notifications sent (primary) or received (backup)", registry=r)

@@ -21,7 +21,14 @@ import pymysql
 from seafbackup_agent.errors import StorageError
 from seafbackup_agent.seafile.ids import EMPTY_ID
 from seafbackup_agent.seafile.installation import SeafileInstallation
-from seafbackup_agent.seafile.library import GCConflict, HeadMovedConflict, LibraryMeta, publish_head, remove_library
+from seafbackup_agent.seafile.library import (
+    GCConflict,
+    HeadMove,
+    HeadMovedConflict,
+    LibraryMeta,
+    publish_head,
+    remove_library,
+)
 from seafbackup_agent.seafile.objects import (
     Commit,
     FormatError,
@@ -33,6 +40,7 @@ from seafbackup_agent.seafile.objects import (
 )
 from seafbackup_agent.seafile.storage import FilesystemStore, ObjectBatch, ObjType
 from seafbackup_agent.sync.progress import LibraryProgress, ProgressCallback
+from seafbackup_agent.sync.publish import Publication, Publisher
 from seafbackup_agent.sync.result import (
     NotDescendantError,
     Outcome,
@@ -182,10 +190,14 @@ class SyncEngine:
         options: EngineOptions | None = None,
         *,
         block_slots: asyncio.Semaphore | None = None,
+        publisher: Publisher | None = None,
     ):
+        """`publisher`: the head is published by it, in a group with other syncs' (the backup agent's);
+        without one, by this sync alone."""
         self.source = source
         self.target = target
         self.options = options or EngineOptions()
+        self._publisher = publisher
         # Shared by the agent's workers, so that blocks held in memory stay bounded however many run.
         self._block_slots = block_slots or asyncio.Semaphore(self.options.block_concurrency)
 
@@ -246,6 +258,7 @@ class SyncEngine:
                                      max_ids=self.options.block_pack_count, max_bytes=self.options.block_pack_bytes,
                                      slots=self._block_slots)
         sealed = False
+        publication: Publication | None = None
         try:
             stops = await self._find_new_commits(run)
             progress.commits_total = progress.commits + len(run.new_commits)
@@ -261,18 +274,25 @@ class SyncEngine:
             commits = list(_oldest_first(run.new_commits))
             staged = [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits]
 
+            move = HeadMove(repo_id, meta.store_id, old_head, meta.head, gc_id)
+
             def put_seal_publish() -> None:
                 """The commits, every object durable, then `Branch`: one worker-thread trip, in this order."""
                 nonlocal sealed
                 run.writes.put(staged)
                 run.writes.seal()
                 sealed = True
-                publish_head(rows.conn, repo_id=repo_id, store_id=meta.store_id, expected_head=old_head,
-                             new_head=meta.head, expected_gc_id=gc_id)
+                publish_head(rows.conn, repo_id=move.repo_id, store_id=move.store_id,
+                             expected_head=move.expected_head, new_head=move.new_head,
+                             expected_gc_id=move.expected_gc_id)
 
-            await asyncio.to_thread(put_seal_publish)
+            if self._publisher is None:
+                await asyncio.to_thread(put_seal_publish)
+            else:
+                publication = Publication(move, run.writes, staged)
+                await self._publisher.publish(publication)
         except BaseException:
-            if not sealed:
+            if not sealed and not (publication is not None and publication.taken):
                 run.fs_requests.cancel()
                 run.block_requests.cancel()
                 await asyncio.shield(asyncio.to_thread(run.writes.discard))
