@@ -87,6 +87,8 @@ class GroupPublisher:
                 publication.taken = True
             try:
                 outcomes = await asyncio.shield(asyncio.to_thread(self._commit, [p for p, _ in group]))
+            except Exception as exc:  # each sync fails with it; none waits forever
+                outcomes = [exc] * len(group)
             finally:
                 self.pending -= len(group)
             for (_publication, future), outcome in zip(group, outcomes, strict=True):
