@@ -61,6 +61,14 @@ SMALL_BLOCK = 1 << 20
 """Blocks of single-block files up to this size are fetched many per request (their size is known
 from the file object); larger ones, one request each, streamed."""
 
+HAND_OVER_OBJECTS = 256
+HAND_OVER_BYTES = 4 << 20
+"""Copied objects wait in memory, in the order they were put, until this many (or this much, or
+`flush_seconds` old) go to the write batch in one worker-thread trip: an incremental sync's few objects go
+with its commits, in the publish's trip, instead of a trip for each directory."""
+INLINE_VERIFY_BYTES = 256 << 10
+"""Blocks up to this much in all are checked against their ids on the event loop; more, in a worker thread."""
+
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
@@ -98,6 +106,13 @@ class _Run:
     new_commits: dict[str, Commit] = field(default_factory=dict)
     fs_requests: _Merged | None = None
     block_requests: _Merged | None = None
+    held: list[tuple[ObjType, str, str, bytes]] = field(default_factory=list)
+    """Objects put and not yet handed to `writes`, in put order (see HAND_OVER_OBJECTS)."""
+    held_keys: set[tuple[ObjType, str, str]] = field(default_factory=set)
+    held_bytes: int = 0
+    held_since: float = 0.0
+    hand_over: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One hand-over at a time, so that the batch receives the objects in put order."""
 
 
 class _Merged:
@@ -230,7 +245,8 @@ class SyncEngine:
     async def _sync(self, repo_id: str, *, force: bool, deep: bool, progress: LibraryProgress,
                     on_progress: ProgressCallback | None,
                     on_head: Callable[[str | None], None] | None) -> SyncResult:
-        old_head = await asyncio.to_thread(self._target_head, repo_id)
+        # The library's own GCID is read with its head (one trip): a store of its own is the common case.
+        old_head, own_gc_id = await asyncio.to_thread(self._target_head_and_gc_id, repo_id)
         if not isinstance(self.target.store, FilesystemStore):
             # Object storage: the index of what the target holds is ready before the walk asks it (in line).
             await asyncio.to_thread(self.target.store.prepare)
@@ -247,7 +263,7 @@ class SyncEngine:
         if meta.head == old_head and not deep:
             return SyncResult(repo_id, Outcome.UNCHANGED, old_head, old_head)
 
-        gc_id = await asyncio.to_thread(rows.gc_id, meta.store_id)
+        gc_id = own_gc_id if meta.store_id == repo_id else await asyncio.to_thread(rows.gc_id, meta.store_id)
         if old_head is None:
             progress.estimated_bytes = meta.size
         run = _Run(meta, force, deep, SyncResult(repo_id, Outcome.SYNCHRONIZED, old_head, meta.head),
@@ -273,13 +289,14 @@ class SyncEngine:
                 run.unchanged_outside = None
             commits = list(_oldest_first(run.new_commits))
             staged = [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits]
+            last = [*run.held, *staged]  # what is still held, then the commits: in one trip with the publish
 
             move = HeadMove(repo_id, meta.store_id, old_head, meta.head, gc_id)
 
             def put_seal_publish() -> None:
                 """The commits, every object durable, then `Branch`: one worker-thread trip, in this order."""
                 nonlocal sealed
-                run.writes.put(staged)
+                run.writes.put(last)
                 run.writes.seal()
                 sealed = True
                 publish_head(rows.conn, repo_id=move.repo_id, store_id=move.store_id,
@@ -289,7 +306,7 @@ class SyncEngine:
             if self._publisher is None:
                 await asyncio.to_thread(put_seal_publish)
             else:
-                publication = Publication(move, run.writes, staged)
+                publication = Publication(move, run.writes, last)
                 await self._publisher.publish(publication)
         except BaseException:
             if not sealed and not (publication is not None and publication.taken):
@@ -309,14 +326,15 @@ class SyncEngine:
             return store.read(obj_type, store_id, obj_id)
         return await asyncio.to_thread(store.read, obj_type, store_id, obj_id)
 
-    def _target_head(self, repo_id: str) -> str | None:
-        """The backup's head, on a connection replaced first if the server closed it (restart, wait_timeout):
-        a long-lived worker's next sync must not fail on it. Tried as is first: no ping per sync."""
+    def _target_head_and_gc_id(self, repo_id: str) -> tuple[str | None, str | None]:
+        """The backup's head and the library's own GCID, on a connection replaced first if the server closed it
+        (restart, wait_timeout): a long-lived worker's next sync must not fail on it. Tried as is first: no ping
+        per sync."""
         try:
-            return self.target.rows.head(repo_id)
+            return self.target.rows.head(repo_id), self.target.rows.gc_id(repo_id)
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError):
             self.target.reconnect_if_gone()
-            return self.target.rows.head(repo_id)
+            return self.target.rows.head(repo_id), self.target.rows.gc_id(repo_id)
 
     # --- commits ---------------------------------------------------------------------------------
 
@@ -325,8 +343,10 @@ class SyncEngine:
             return False
         if obj_type is ObjType.FS and run.unchanged_outside is not None and obj_id not in run.unchanged_outside:
             return True
-        # Staged first: a flush between the two checks moves the object from the batch to the store.
-        return run.writes.has(obj_type, store_id, obj_id) or self.target.store.exists(obj_type, store_id, obj_id)
+        # Held, then staged, then stored: an object moves that way (a flush between the last two checks moves it
+        # from the batch to the store; held ones leave `held_keys` only once the batch has them).
+        return ((obj_type, store_id, obj_id) in run.held_keys or run.writes.has(obj_type, store_id, obj_id)
+                or self.target.store.exists(obj_type, store_id, obj_id))
 
     async def _find_new_commits(self, run: _Run) -> set[str]:
         """Walk back from the source head (both parents) to commits the target has or the history
@@ -528,10 +548,10 @@ class SyncEngine:
             await self._put_blocks(run, [(block_id, data)])
 
     async def _put_blocks(self, run: _Run, blocks: list[tuple[str, bytes | None]]) -> None:
-        """Verify blocks against their ids and stage the good ones, in one worker-thread hop."""
+        """Verify blocks against their ids (a few in line, more in a worker thread) and put the good ones."""
         store_id = run.meta.store_id
 
-        def verify_and_put() -> tuple[list[tuple[ObjType, str, str, bytes]], list[tuple[str, str]]]:
+        def verify() -> tuple[list[tuple[ObjType, str, str, bytes]], list[tuple[str, str]]]:
             good: list[tuple[ObjType, str, str, bytes]] = []
             bad: list[tuple[str, str]] = []
             for block_id, data in blocks:
@@ -543,19 +563,40 @@ class SyncEngine:
                     bad.append((block_id, str(exc)))
                     continue
                 good.append((ObjType.BLOCKS, store_id, block_id, data))
-            run.writes.put(good)
             return good, bad
 
-        good, bad = await asyncio.to_thread(verify_and_put)
-        self._count(run, good)
+        if sum(len(data) for _id, data in blocks if data is not None) <= INLINE_VERIFY_BYTES:
+            good, bad = verify()
+        else:
+            good, bad = await asyncio.to_thread(verify)
         for block_id, reason in bad:
             self._object_failed(run, "block", block_id, run.commit_id, reason)
+        await self._put(run, good)
 
     async def _put(self, run: _Run, objects: list[tuple[ObjType, str, str, bytes]]) -> None:
-        """Stage fs objects and commits (blocks go through `_put_blocks`)."""
-        if objects:
-            await asyncio.to_thread(run.writes.put, objects)
-            self._count(run, objects)
+        """Put objects (commits go with the publish): held in memory in put order, handed to the write batch in
+        one worker-thread trip once they add up. The engine puts an object only after everything it references
+        was put, so the batch receives them children first."""
+        if not objects:
+            return
+        if not run.held:
+            run.held_since = time.monotonic()
+        for obj in objects:
+            run.held.append(obj)
+            run.held_keys.add(obj[:3])
+            run.held_bytes += len(obj[3])
+        self._count(run, objects)
+        if (len(run.held) >= HAND_OVER_OBJECTS or run.held_bytes >= HAND_OVER_BYTES
+                or time.monotonic() - run.held_since >= self.options.flush_seconds):
+            await self._hand_over(run)
+
+    async def _hand_over(self, run: _Run) -> None:
+        async with run.hand_over:
+            objects, run.held, run.held_bytes = run.held, [], 0
+            run.held_since = time.monotonic()
+            if objects:
+                await asyncio.to_thread(run.writes.put, objects)
+                run.held_keys.difference_update(obj[:3] for obj in objects)
 
     def _count(self, run: _Run, staged: list[tuple[ObjType, str, str, bytes]]) -> None:
         """The one place copied objects are counted (the result takes its figures from here)."""
