@@ -10,11 +10,16 @@ import threading
 class CuttableProxy:
     """Forwards `listen` -> `target` in a thread of its own. `cut()` closes every connection and refuses new
     ones (connection refused, as a dead peer's host answers); `cut_when_seen(b"...")` does it as soon as that
-    byte string passes from a client to the target; `restore()` forwards again."""
+    byte string passes from a client to the target; `restore()` forwards again. `rate` (bytes per second) slows
+    the target's answers, all connections together, as a slower link would; `answered_bytes` counts them as they
+    reach the clients."""
 
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int], *, rate: float | None = None) -> None:
         self.listen = listen
         self.target = target
+        self.rate = rate
+        self.answered_bytes = 0
+        self._link_free_at = 0.0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -69,8 +74,14 @@ class CuttableProxy:
                 self.triggered.set()
                 await self._cut()
                 return
+            if not watch and self.rate:  # the link carries one answer's bytes after another's
+                now = asyncio.get_running_loop().time()
+                self._link_free_at = max(self._link_free_at, now) + len(data) / self.rate
+                await asyncio.sleep(self._link_free_at - now)
             writer.write(data)
             await writer.drain()
+            if not watch:
+                self.answered_bytes += len(data)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

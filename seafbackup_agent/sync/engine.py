@@ -312,7 +312,7 @@ class SyncEngine:
             if not sealed and not (publication is not None and publication.taken):
                 run.fs_requests.cancel()
                 run.block_requests.cancel()
-                await asyncio.shield(asyncio.to_thread(run.writes.discard))
+                await asyncio.shield(asyncio.to_thread(_keep_what_was_staged, run.writes, repo_id))
             raise
         self._count(run, staged)
         run.result.commits, run.result.fs_objects = progress.commits, progress.fs_objects
@@ -629,6 +629,18 @@ class SyncEngine:
         log.warning("library %s: skipping %s object %s of commit %s: %s", repo_id, obj_type, obj_id, commit_id, reason)
         run.result.forced = True
         run.result.skipped.append(SkippedObject(obj_type, obj_id, commit_id, reason))
+
+
+def _keep_what_was_staged(writes: ObjectBatch, repo_id: str) -> None:
+    """After a failed sync (a link cut, a corrupt object, a shutdown): what the batch staged is placed, so that
+    the next sync fetches it no more, and the rest discarded. Safe without a head: the batch holds a prefix of
+    the put order, and the engine puts an object only after everything it references."""
+    try:
+        writes.flush()
+    except (StorageError, OSError) as exc:
+        log.warning("library %s: what was copied before the failure could not be kept: %s", repo_id, exc)
+    finally:
+        writes.discard()
 
 
 def _oldest_first(commits: dict[str, Commit]) -> Iterable[Commit]:
