@@ -13,6 +13,7 @@ from pathlib import Path
 from bench import lab as bench_lab
 from bench import machine, report, scenarios, wan_cases
 from bench.lab import make_lab, root_sql
+from seafbackup_agent.config import DEFAULT_WORKERS
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("rpo", "initial", "realistic", "incremental", "poll", "wan")
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true",
                         help="replace only the cases run in the existing benchmarks.json (each case keeps its run's "
                              "command and time in the report)")
-    parser.add_argument("--workers", type=int, default=2, help="the backup agent's [backup] workers")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="the backup agent's [backup] workers (default: the product's)")
     parser.add_argument("--poll-libraries", help="override the poll sizes: 1000,10000,...")
     parser.add_argument("--rpo-points", help="override the RPO points: rate:seconds:bytes,...")
     parser.add_argument("--profile", type=Path, help="run the agents under py-spy, collapsed stacks into this dir")

@@ -13,11 +13,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from seafbackup_agent.config import DEFAULT_WORKERS
 from seafbackup_lab.lab import DATABASES, Lab, LabHost, new_lab_dir, pair_agents, unpair_agents
 
 ADDR_PREFIX = os.environ.get("SEAFBACKUP_BENCH_ADDR_PREFIX", "127.0.3.1")
-WORKERS = 2
-"""The backup agent's `[backup] workers` (the product's default)."""
+WORKERS = DEFAULT_WORKERS
+"""The backup agent's `[backup] workers` (the product's default unless `--workers`)."""
 PROFILE_DIR: Path | None = None
 """When set (`python -m bench --profile DIR`), every agent runs under `py-spy record` (collapsed stacks)."""
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from seafbackup_agent.config import DEFAULT_WORKERS
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class BackupOptions:
-    workers: int = 2
+    workers: int = DEFAULT_WORKERS
     poll_interval_hours: float = 1.0
     retry_check_seconds: float = 5.0
     stale_after: float = 5.0

@@ -152,7 +152,7 @@ def test_seafile_conf_gets_backup_sections_with_one_token_and_keeps_the_rest(see
                        "state_dir": str(seeded.primary.root / "var/lib/seafbackup")}
     assert backup == {"primary_url": f"http://{seeded.primary.address}:8090", "sync_token": primary["sync_token"],
                       "sync_poll_interval": "1", "listen": f"{seeded.backup.address}:8091",
-                      "state_dir": str(seeded.backup.root / "var/lib/seafbackup"), "workers": "2"}
+                      "state_dir": str(seeded.backup.root / "var/lib/seafbackup"), "workers": "8"}
     for host in seeded.hosts:
         text = _seafile_conf(seeded, host)
         before = state["conf_before"][host]
