@@ -356,7 +356,7 @@ def markdown(results: dict, images: list[str]) -> str:
         scope = "" if big["objects"] >= 1_000_000 else " (1M: full mode only)"
         targets.append(f"| incremental ≥ 100x rsync at {big['objects']:,} objects{scope} | "
                        f"{ratio:.1f}x end to end, {engine_ratio:.0f}x sync itself | "
-                       f"{_verdict(ratio >= 100, f'{100 / ratio:.0f}x short end to end')} |")
+                       f"{_verdict(ratio >= 100, f'{100 / ratio:.1f}x short end to end')} |")
         first, last = r["points"][0], r["points"][-1]
         growth = last["agent_median"] / first["agent_median"]
         targets.append(f"| incremental flat as the store grows ({first['objects']:,} → {last['objects']:,}) | "
