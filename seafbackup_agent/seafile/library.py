@@ -163,19 +163,11 @@ class HeadMove:
     expected_gc_id: str | None
 
 
-def publish_head(
-    conn: pymysql.connections.Connection,
-    *,
-    repo_id: str,
-    store_id: str,
-    expected_head: str | None,
-    new_head: str,
-    expected_gc_id: str | None,
-) -> None:
+def publish_head(conn: pymysql.connections.Connection, move: HeadMove) -> None:
     """Move a library's head on the backup in one transaction, as Seafile's own head update does:
     GCID compare, Branch compare-and-swap, then Repo/RepoHead/Branch. Written with sql_log_bin=0 so a
     backup that is promoted later carries no errant transactions."""
-    [failure] = publish_heads(conn, [HeadMove(repo_id, store_id, expected_head, new_head, expected_gc_id)])
+    [failure] = publish_heads(conn, [move])
     if failure is not None:
         raise failure
 

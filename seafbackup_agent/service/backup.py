@@ -14,7 +14,6 @@ from seafbackup_agent.config import DEFAULT_WORKERS
 from seafbackup_agent.errors import SeafBackupError
 from seafbackup_agent.seafile.ids import is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
-from seafbackup_agent.seafile.library import LibraryRows
 from seafbackup_agent.service.freshness import FreshnessTracker, PairingState
 from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.state import LibraryState, StateStore
@@ -82,8 +81,7 @@ class BackupService:
         self._slots = asyncio.Semaphore(options.workers * max(1, options.publishing_per_worker))
         self._syncs: set[asyncio.Task[None]] = set()
         self._idle_targets: list[SeafileInstallation] = []
-        self._publisher_target: SeafileInstallation | None = None
-        self.publisher = GroupPublisher(self._open_publisher_rows, on_group=metrics.publish_group_size.observe)
+        self.publisher = GroupPublisher(open_target, on_group=metrics.publish_group_size.observe)
         self.first_poll_done = asyncio.Event()
         self.last_poll: float | None = None
         self.last_poll_error: str | None = None
@@ -159,16 +157,6 @@ class BackupService:
         for target in self._idle_targets:
             target.close()
         self._idle_targets.clear()
-        if self._publisher_target is not None:
-            self._publisher_target.close()
-
-    def _open_publisher_rows(self) -> LibraryRows:
-        """The group publisher's database connection (called again after a failure: a new one)."""
-        if self._publisher_target is not None:
-            self._publisher_target.close()
-            self._publisher_target = None
-        self._publisher_target = self.open_target()
-        return self._publisher_target.rows
 
     # --- poll ---------------------------------------------------------------------------------------
 

@@ -299,9 +299,7 @@ class SyncEngine:
                 run.writes.put(last)
                 run.writes.seal()
                 sealed = True
-                publish_head(rows.conn, repo_id=move.repo_id, store_id=move.store_id,
-                             expected_head=move.expected_head, new_head=move.new_head,
-                             expected_gc_id=move.expected_gc_id)
+                publish_head(rows.conn, move)
 
             if self._publisher is None:
                 await asyncio.to_thread(put_seal_publish)

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import pymysql
-
 from seafbackup_agent.errors import DatabaseError, SeafBackupError
-from seafbackup_agent.seafile.library import HeadMove, LibraryRows, PublishConflict, publish_heads
+from seafbackup_agent.seafile.installation import SeafileInstallation
+from seafbackup_agent.seafile.library import HeadMove, PublishConflict, publish_heads
 from seafbackup_agent.seafile.storage import ObjectBatch, ObjType, seal_together
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, eq=False)
@@ -46,13 +42,13 @@ class Publisher(Protocol):
 class GroupPublisher:
     """Publishes the heads of syncs that finish close together in groups: one barrier, one transaction each.
 
-    `open_rows` opens the publisher's own database connection (replaced after a failure). `on_group` is told
-    the size of each group once it is published (for the agent's metrics)."""
+    `open_target` opens the publisher's own connection to the backup (replaced after a database failure, closed
+    by `aclose`). `on_group` is told the size of each group once it is published (for the agent's metrics)."""
 
-    def __init__(self, open_rows: Callable[[], LibraryRows], *, window: float = 0.002, max_group: int = 256,
-                 on_group: Callable[[int], None] | None = None) -> None:
-        self._open_rows = open_rows
-        self._rows: LibraryRows | None = None
+    def __init__(self, open_target: Callable[[], SeafileInstallation], *, window: float = 0.002,
+                 max_group: int = 256, on_group: Callable[[int], None] | None = None) -> None:
+        self._open_target = open_target
+        self._target: SeafileInstallation | None = None
         self.window = window
         self.max_group = max_group
         self._on_group = on_group
@@ -113,25 +109,20 @@ class GroupPublisher:
                     publication.writes.discard()
             return [exc] * len(group)
         try:
-            rows = self._connection()
+            if self._target is None:
+                self._target = self._open_target()
         except SeafBackupError as exc:
             return [exc] * len(group)
-        outcomes: list[BaseException | None] = list(publish_heads(rows.conn, [p.move for p in group]))
+        outcomes: list[BaseException | None] = list(publish_heads(self._target.rows.conn, [p.move for p in group]))
         if any(isinstance(o, DatabaseError) and not isinstance(o, PublishConflict) for o in outcomes):
             self._drop_connection()
         return outcomes
 
-    def _connection(self) -> LibraryRows:
-        if self._rows is None:
-            self._rows = self._open_rows()
-        return self._rows
-
     def _drop_connection(self) -> None:
         """After a database failure: the next group opens a new connection (the server may have restarted)."""
-        if self._rows is not None:
-            with contextlib.suppress(pymysql.MySQLError):
-                self._rows.conn.close()
-            self._rows = None
+        if self._target is not None:
+            self._target.close()
+            self._target = None
 
     async def aclose(self) -> None:
         """Let a group being published finish, then close the connection."""

@@ -29,7 +29,8 @@ def test_a_crash_between_the_barrier_and_the_publish_leaves_every_library_readab
     targets = [SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir) for _ in repos]
 
     async def sync_together() -> list:
-        publisher = GroupPublisher(lambda: SeafileInstallation.open_rows(targets[0].conf))
+        publisher = GroupPublisher(lambda: SeafileInstallation.open(lab.backup.seafile_conf_dir,
+                                                                    lab.backup.seafile_data_dir))
         try:
             return await asyncio.gather(
                 *(SyncEngine(LocalSource(source), target, publisher=publisher).sync_library(repo)

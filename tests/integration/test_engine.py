@@ -22,7 +22,7 @@ import pytest
 from seafbackup_agent.cli.main import main as cmd_main
 from seafbackup_agent.errors import DatabaseError
 from seafbackup_agent.seafile.installation import SeafileInstallation
-from seafbackup_agent.seafile.library import publish_head
+from seafbackup_agent.seafile.library import HeadMove, publish_head
 from seafbackup_agent.seafile.staging import STAGING_DIR, staging_files
 from seafbackup_agent.seafile.storage import ObjType, WriteBatch
 from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
@@ -455,8 +455,8 @@ def test_workers_publishing_new_libraries_at_the_same_time_all_succeed(lab, back
         installation = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
         try:
             for repo in batch:
-                publish_head(installation.rows.conn, repo_id=repo, store_id=repo, expected_head=None,
-                             new_head=hashlib.sha1(repo.encode()).hexdigest(), expected_gc_id=None)
+                move = HeadMove(repo, repo, None, hashlib.sha1(repo.encode()).hexdigest(), None)
+                publish_head(installation.rows.conn, move)
         finally:
             installation.close()
 
