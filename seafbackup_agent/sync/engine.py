@@ -591,9 +591,12 @@ class SyncEngine:
     async def _hand_over(self, run: _Run) -> None:
         async with run.hand_over:
             objects, run.held, run.held_bytes = run.held, [], 0
+            # Held `flush_seconds` already: placed at once, so that a crash still loses at most that much work
+            # (the batch would otherwise count their age again from now).
+            overdue = time.monotonic() - run.held_since >= self.options.flush_seconds
             run.held_since = time.monotonic()
             if objects:
-                await asyncio.to_thread(run.writes.put, objects)
+                await asyncio.to_thread(_stage, run.writes, objects, place=overdue)
                 run.held_keys.difference_update(obj[:3] for obj in objects)
 
     def _count(self, run: _Run, staged: list[tuple[ObjType, str, str, bytes]]) -> None:
@@ -627,6 +630,12 @@ class SyncEngine:
         log.warning("library %s: skipping %s object %s of commit %s: %s", repo_id, obj_type, obj_id, commit_id, reason)
         run.result.forced = True
         run.result.skipped.append(SkippedObject(obj_type, obj_id, commit_id, reason))
+
+
+def _stage(writes: ObjectBatch, objects: list[tuple[ObjType, str, str, bytes]], *, place: bool) -> None:
+    writes.put(objects)
+    if place:
+        writes.flush()
 
 
 def _keep_what_was_staged(writes: ObjectBatch, repo_id: str) -> None:
