@@ -113,6 +113,11 @@ class _Run:
     held_since: float = 0.0
     hand_over: asyncio.Lock = field(default_factory=asyncio.Lock)
     """One hand-over at a time, so that the batch receives the objects in put order."""
+    placement_timer: asyncio.TimerHandle | None = None
+    """Armed by a put while nothing is due: places what is held and staged `flush_seconds` later, so that a copy
+    that slows down or stalls keeps its promise too (a put alone places only when the next put comes)."""
+    placing: asyncio.Task[None] | None = None
+    placing_error: Exception | None = None
 
 
 class _Merged:
@@ -287,6 +292,9 @@ class SyncEngine:
                 await self._copy_tree(run, commit.root_id)
                 run.prefetched.clear()
                 run.unchanged_outside = None
+            await self._stop_placing(run)
+            if run.placing_error is not None:
+                raise run.placing_error
             commits = list(_oldest_first(run.new_commits))
             staged = [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits]
             last = [*run.held, *staged]  # what is still held, then the commits: in one trip with the publish
@@ -310,6 +318,7 @@ class SyncEngine:
             if not sealed and not (publication is not None and publication.taken):
                 run.fs_requests.cancel()
                 run.block_requests.cancel()
+                await self._stop_placing(run)
                 await asyncio.shield(asyncio.to_thread(_keep_what_was_staged, run.writes, repo_id))
             raise
         self._count(run, staged)
@@ -584,20 +593,48 @@ class SyncEngine:
             run.held_keys.add(obj[:3])
             run.held_bytes += len(obj[3])
         self._count(run, objects)
+        if run.placing_error is not None:
+            raise run.placing_error
         if (len(run.held) >= HAND_OVER_OBJECTS or run.held_bytes >= HAND_OVER_BYTES
                 or time.monotonic() - run.held_since >= self.options.flush_seconds):
             await self._hand_over(run)
+        if run.placement_timer is None:
+            run.placement_timer = asyncio.get_running_loop().call_later(
+                self.options.flush_seconds, self._place_on_time, run)
 
-    async def _hand_over(self, run: _Run) -> None:
+    async def _hand_over(self, run: _Run, *, place: bool = False) -> None:
         async with run.hand_over:
             objects, run.held, run.held_bytes = run.held, [], 0
             # Held `flush_seconds` already: placed at once, so that a crash still loses at most that much work
             # (the batch would otherwise count their age again from now).
-            overdue = time.monotonic() - run.held_since >= self.options.flush_seconds
+            place = place or time.monotonic() - run.held_since >= self.options.flush_seconds
             run.held_since = time.monotonic()
-            if objects:
-                await asyncio.to_thread(_stage, run.writes, objects, place=overdue)
+            if objects or place:
+                await asyncio.to_thread(_stage, run.writes, objects, place=place)
                 run.held_keys.difference_update(obj[:3] for obj in objects)
+
+    def _place_on_time(self, run: _Run) -> None:
+        """The placement timer fired: what is held and staged is placed, unless a placement still runs (the next
+        put arms the timer again)."""
+        run.placement_timer = None
+        if run.placing is None or run.placing.done():
+            run.placing = asyncio.create_task(self._place(run))
+
+    async def _place(self, run: _Run) -> None:
+        try:
+            await self._hand_over(run, place=True)
+        except Exception as exc:  # surfaced by the sync's next put or its end
+            run.placing_error = exc
+
+    async def _stop_placing(self, run: _Run) -> None:
+        """No placement on time from now on, and none running (the end of a sync puts and seals the rest in put
+        order after it)."""
+        if run.placement_timer is not None:
+            run.placement_timer.cancel()
+            run.placement_timer = None
+        if run.placing is not None:
+            await asyncio.shield(run.placing)
+            run.placing = None
 
     def _count(self, run: _Run, staged: list[tuple[ObjType, str, str, bytes]]) -> None:
         """The one place copied objects are counted (the result takes its figures from here)."""
