@@ -14,7 +14,9 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from seafbackup_agent.seafile.ids import EMPTY_ID, is_object_id, is_repo_id
 
@@ -190,8 +192,11 @@ def encode_commit(fields: Mapping[str, Any]) -> bytes:
 # --- Fs objects ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Dirent:
+class Dirent(NamedTuple):
+    """A directory entry. A named tuple rather than a frozen dataclass: a directory of 5,000 entries is parsed
+    in a few milliseconds instead of 12 (building the entries was most of it), and the primary's tree diff and
+    the backup's check parse the changed directories of every sync."""
+
     name: str
     id: str
     mode: int
@@ -263,6 +268,9 @@ def _parse_fs_json(obj_id: str, body: bytes) -> SeafDir | SeafFile:
         raise FormatError(f"fs object {obj_id} is not a JSON object")
     kind = doc.get("type")
     if kind == FsType.DIR:
+        fast = _well_formed_dirents(doc.get("dirents", []))
+        if fast is not None:
+            return SeafDir(obj_id, fast)
         dirents = []
         for entry in doc.get("dirents", []):
             if not isinstance(entry, dict) or not is_object_id(entry.get("id")):
@@ -283,6 +291,38 @@ def _parse_fs_json(obj_id: str, body: bytes) -> SeafDir | SeafFile:
             raise FormatError(f"file {obj_id} has no size")
         return SeafFile(obj_id, size, tuple(blocks))
     raise FormatError(f"fs object {obj_id} has unknown type {kind!r}")
+
+
+_NAME, _ID, _MODE = itemgetter("name"), itemgetter("id"), itemgetter("mode")
+
+
+def _well_formed_dirents(entries: object) -> tuple[Dirent, ...] | None:
+    """The entries of a directory whose every entry is well formed, read and checked a column at a time (no
+    Python code per entry but the tuple's own); None if any is not (the entry-by-entry parse then names it)."""
+    if not isinstance(entries, list):
+        return None
+    count = len(entries)
+    try:
+        names = list(map(_NAME, entries))
+        ids = list(map(_ID, entries))
+        modes = list(map(_MODE, entries))
+        mtimes = list(map(dict.get, entries, repeat("mtime", count)))
+        modifiers = list(map(dict.get, entries, repeat("modifier", count)))
+        sizes = list(map(dict.get, entries, repeat("size", count)))
+    except (KeyError, TypeError):
+        return None
+    if (set(map(type, ids)) - {str} or set(map(len, ids)) - {40} or not _lowercase_hex("".join(ids))
+            or set(map(type, names)) - {str} or set(map(type, modes)) - {int} or set(map(type, mtimes)) - {int}):
+        return None
+    return tuple(map(tuple.__new__, repeat(Dirent), zip(names, ids, modes, mtimes, modifiers, sizes, strict=True)))
+
+
+def _lowercase_hex(text: str) -> bool:
+    try:
+        # fromhex skips whitespace: then fewer bytes than half the characters
+        return len(bytes.fromhex(text)) * 2 == len(text) and text == text.lower()
+    except ValueError:
+        return False
 
 
 def _parse_fs_v0(obj_id: str, body: bytes) -> SeafDir | SeafFile:

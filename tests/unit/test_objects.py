@@ -114,6 +114,54 @@ def test_fs_object_is_verified_against_the_sha1_of_its_decompressed_bytes():
         parse_fs_object(dir_id, b"garbage")
 
 
+def _stored_dir(entries: list) -> tuple[str, bytes]:
+    body = json.dumps({"dirents": entries, "type": 3, "version": 1}).encode()
+    return hashlib.sha1(body).hexdigest(), zlib.compress(body)
+
+
+GOOD = {"id": "2" * 40, "mode": 33188, "mtime": 1, "name": "a", "modifier": "x", "size": 3}
+
+
+@pytest.mark.parametrize("entry", [
+    {**GOOD, "id": "A" * 40},
+    {**GOOD, "id": "2" * 39 + " "},
+    {**GOOD, "id": "2" * 38 + " 2"},
+    {**GOOD, "id": "2" * 41},
+    {**GOOD, "id": 2},
+    {**GOOD, "name": 7},
+    {**GOOD, "mode": "33188"},
+    {k: v for k, v in GOOD.items() if k != "id"},
+    {k: v for k, v in GOOD.items() if k != "name"},
+    ["not", "an", "entry"],
+    "2" * 40,
+])
+def test_a_directory_with_one_malformed_entry_among_good_ones_is_rejected(entry):
+    # Large directories are read a column at a time; one bad entry anywhere must still be found and named.
+    entries = [{**GOOD, "name": f"f{i}"} for i in range(50)]
+    entries.insert(17, entry)
+    obj_id, stored = _stored_dir(entries)
+    with pytest.raises(FormatError, match="malformed entry"):
+        parse_fs_object(obj_id, stored)
+
+
+def test_ids_of_39_and_41_characters_side_by_side_are_not_two_ids():
+    obj_id, stored = _stored_dir([{**GOOD, "id": "2" * 39}, {**GOOD, "id": "3" * 41, "name": "b"}])
+    with pytest.raises(FormatError, match="malformed entry"):
+        parse_fs_object(obj_id, stored)
+
+
+def test_entries_read_a_column_at_a_time_equal_those_read_one_by_one():
+    parsed = parse_fs_object(hashlib.sha1(SERVER_DIR.encode()).hexdigest(), zlib.compress(SERVER_DIR.encode()))
+    expected = [Dirent(e["name"], e["id"], e["mode"], e["mtime"], e.get("modifier"), e.get("size"))
+                for e in json.loads(SERVER_DIR)["dirents"]]
+    assert isinstance(parsed, SeafDir) and list(parsed.dirents) == expected
+    assert [(d.is_dir, d.is_file) for d in parsed.dirents] == [(False, True), (False, True), (True, False)]
+    # An entry the columns cannot take (mtime null, as some clients wrote it) is read one by one: mtime 0.
+    obj_id, stored = _stored_dir([{**GOOD, "mtime": None}, {**GOOD, "name": "b"}])
+    parsed = parse_fs_object(obj_id, stored)
+    assert isinstance(parsed, SeafDir) and [d.mtime for d in parsed.dirents] == [0, 1]
+
+
 def test_version_0_objects_are_readable():
     blocks = [hashlib.sha1(b"x").digest(), hashlib.sha1(b"y").digest()]
     file_body = struct.pack(">IQ", 1, 2) + b"".join(blocks)
