@@ -8,6 +8,8 @@ it may stop at a limit, and the engine still checks and verifies everything it u
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +18,43 @@ from seafbackup_agent.seafile.objects import FormatError, SeafDir, parse_fs_obje
 
 MAX_OBJECTS = 5000
 MAX_BYTES = 16 << 20
+CACHED_DIR_MIN_ENTRIES = 256
+CACHED_ENTRIES = 20_000
+"""Directories of at least CACHED_DIR_MIN_ENTRIES entries stay parsed, up to CACHED_ENTRIES entries in all (a few
+MB): the next diff of the same library reads as old the directory this one read as new."""
+
+
+class _ParsedDirs:
+    """Large directories as parsed (and verified against their ids) by earlier diffs, least recently used first.
+    Objects never change under their id, so a kept one is right for as long as it is kept."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._dirs: OrderedDict[tuple[str, int], SeafDir] = OrderedDict()
+        self._entries = 0
+        self._lock = threading.Lock()
+
+    def get(self, obj_id: str, version: int) -> SeafDir | None:
+        with self._lock:
+            found = self._dirs.get((obj_id, version))
+            if found is not None:
+                self._dirs.move_to_end((obj_id, version))
+            return found
+
+    def keep(self, parsed: SeafDir, version: int) -> None:
+        if len(parsed.dirents) < CACHED_DIR_MIN_ENTRIES or len(parsed.dirents) > self._max_entries:
+            return
+        with self._lock:
+            if (parsed.id, version) in self._dirs:
+                return
+            self._dirs[(parsed.id, version)] = parsed
+            self._entries += len(parsed.dirents)
+            while self._entries > self._max_entries:
+                _key, dropped = self._dirs.popitem(last=False)
+                self._entries -= len(dropped.dirents)
+
+
+_parsed_dirs = _ParsedDirs(CACHED_ENTRIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +94,15 @@ def changed_fs_objects(
         found[new_id] = raw
         total += len(raw)
         try:
-            new_obj = parse_fs_object(new_id, raw, version=version)
+            new_obj = _parsed_dirs.get(new_id, version) or parse_fs_object(new_id, raw, version=version)
         except FormatError:
             complete = False  # its children, if any, are not followed
             continue
         if not isinstance(new_obj, SeafDir):
             continue
+        _parsed_dirs.keep(new_obj, version)
         # An old directory that cannot be read leaves every child "changed": more to send, still right.
-        old_dir = _as_dir(old_id, read(old_id), version) if old_id not in (None, EMPTY_ID) else None
+        old_dir = _old_dir(read, old_id, version) if old_id not in (None, EMPTY_ID) else None
         old_children = {d.name: d.id for d in old_dir.dirents} if old_dir is not None else {}
         for dirent in new_obj.dirents:
             if dirent.is_dir or dirent.is_file:
@@ -70,7 +110,11 @@ def changed_fs_objects(
     return TreeDiff(found, complete)
 
 
-def _as_dir(obj_id: str, raw: bytes | None, version: int) -> SeafDir | None:
+def _old_dir(read: Callable[[str], bytes | None], obj_id: str, version: int) -> SeafDir | None:
+    kept = _parsed_dirs.get(obj_id, version)
+    if kept is not None:
+        return kept
+    raw = read(obj_id)
     if raw is None:
         return None
     try:

@@ -206,3 +206,31 @@ def test_a_tree_diff_holds_exactly_what_changed_and_says_when_it_is_incomplete()
     missing = dict(store)
     del missing[next(i for i in diff.objects if i != new_root)]  # a changed object unreadable on the primary
     assert not changed_fs_objects(missing.get, new_root, old_root, version=1).complete
+
+
+def test_the_next_diff_of_a_large_directory_takes_its_old_version_as_the_last_diff_parsed_it():
+    store: dict[str, bytes] = {}
+    reads: list[str] = []
+
+    def read(obj_id: str) -> bytes | None:
+        reads.append(obj_id)
+        return store.get(obj_id)
+
+    def version_of_big_dir(changed: int) -> str:
+        files = []
+        for i in range(1000):
+            file_id, stored = encode_file(4, [hashlib.sha1(f"{i}-{i == changed}".encode()).hexdigest()])
+            store[file_id] = stored
+            files.append(Dirent(f"f{i:04d}", file_id, 0o100644, 1))
+        dir_id, stored = encode_dir(files)
+        store[dir_id] = stored
+        return dir_id
+
+    first, second, third = version_of_big_dir(-1), version_of_big_dir(1), version_of_big_dir(2)
+    changed_fs_objects(read, second, first, version=1)  # reads (and keeps) `second` as the new directory
+    reads.clear()
+    diff = changed_fs_objects(read, third, second, version=1)
+    assert second not in reads, "the old directory was read and parsed again"
+    # The same answer as from the stored objects alone: the new directory and the files at 1 and 2.
+    assert set(diff.objects) == {third, *(d.id for d in parse_fs_object(third, store[third]).dirents[-3:-1])}
+    assert diff.complete
