@@ -12,6 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from seafbackup_agent.seafile.ids import EMPTY_ID
 from seafbackup_agent.seafile.objects import FormatError, SeafDir, parse_fs_object
@@ -22,6 +23,8 @@ CACHED_DIR_MIN_ENTRIES = 256
 CACHED_ENTRIES = 20_000
 """Directories of at least CACHED_DIR_MIN_ENTRIES entries stay parsed, up to CACHED_ENTRIES entries in all (a few
 MB): the next diff of the same library reads as old the directory this one read as new."""
+
+_NAME_AND_ID = itemgetter(0, 1)
 
 
 class _ParsedDirs:
@@ -103,8 +106,11 @@ def changed_fs_objects(
         _parsed_dirs.keep(new_obj, version)
         # An old directory that cannot be read leaves every child "changed": more to send, still right.
         old_dir = _old_dir(read, old_id, version) if old_id not in (None, EMPTY_ID) else None
-        old_children = {d.name: d.id for d in old_dir.dirents} if old_dir is not None else {}
-        for dirent in new_obj.dirents:
+        old_children = dict(map(_NAME_AND_ID, old_dir.dirents)) if old_dir is not None else {}
+        # Only entries not at the same path in the old directory are followed: a change in a directory of thousands
+        # of entries costs about what its few changed entries cost.
+        changed = [d for d in new_obj.dirents if old_children.get(d.name) != d.id]
+        for dirent in changed:
             if dirent.is_dir or dirent.is_file:
                 pending.append((dirent.id, old_children.get(dirent.name)))
     return TreeDiff(found, complete)

@@ -31,6 +31,7 @@ from seafbackup_agent.seafile.library import (
 )
 from seafbackup_agent.seafile.objects import (
     Commit,
+    Dirent,
     FormatError,
     SeafDir,
     SeafFile,
@@ -474,8 +475,13 @@ class SyncEngine:
             self._object_failed(run, "fs", dir_id, run.commit_id, "a directory entry points at a file object")
             return
         store_id = run.meta.store_id
+        dirents: Sequence[Dirent] = seafdir.dirents
+        if run.unchanged_outside is not None and not run.deep:
+            # Entries outside the diff are on the target (see `unchanged_outside`): a directory of thousands of
+            # entries costs a set lookup each, not a `_have`.
+            dirents = [d for d in dirents if d.id in run.unchanged_outside]
         children = [
-            d for d in seafdir.dirents
+            d for d in dirents
             if d.id != EMPTY_ID and (d.is_dir or d.is_file) and not self._have(ObjType.FS, store_id, d.id, run)
         ]
         objects = await self._fetch_fs(run, [d.id for d in children])
