@@ -17,7 +17,7 @@ from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.service.freshness import FreshnessTracker, PairingState
 from seafbackup_agent.service.metrics import AgentMetrics
 from seafbackup_agent.service.state import LibraryState, StateStore
-from seafbackup_agent.sync.engine import EngineOptions, SyncEngine
+from seafbackup_agent.sync.engine import BlockBudget, EngineOptions, SyncEngine
 from seafbackup_agent.sync.progress import StoreProgress
 from seafbackup_agent.sync.publish import GroupPublisher, Publication
 from seafbackup_agent.sync.result import SyncResult
@@ -70,6 +70,7 @@ class BackupService:
         self.options = options
         self.engine_options = engine_options or EngineOptions()
         self._block_slots = asyncio.Semaphore(self.engine_options.block_concurrency)
+        self._block_budget = BlockBudget(self.engine_options.large_block_bytes)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._forced: set[str] = set()
@@ -312,6 +313,7 @@ class BackupService:
             if target is None:
                 target = await asyncio.to_thread(self.open_target)
             engine = SyncEngine(self.source, target, self.engine_options, block_slots=self._block_slots,
+                                block_budget=self._block_budget,
                                 publisher=_Handover(self.publisher, copied))
             result: SyncResult = await engine.sync_library(repo_id, force=force,
                                                            on_progress=self.progress.start(repo_id),

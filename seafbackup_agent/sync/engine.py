@@ -11,9 +11,11 @@ transaction with a compare-and-swap on the head we started from.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pymysql
@@ -83,6 +85,10 @@ class EngineOptions:
     block_pack_count: int = 1000
     flush_seconds: float = 0.5
     """Copied objects are placed at least this often, so a crash mid-copy loses at most this much work."""
+    large_block_bytes: int = 24 << 20
+    """Bytes of large blocks (one request each) fetched and not yet handed to the write batch, at most, shared by
+    the agent's workers: the agent's memory stays bounded whatever the blocks' size (a block larger than this is
+    fetched alone)."""
 
 
 @dataclass(slots=True)
@@ -119,6 +125,52 @@ class _Run:
     that slows down or stalls keeps its promise too (a put alone places only when the next put comes)."""
     placing: asyncio.Task[None] | None = None
     placing_error: Exception | None = None
+
+
+class BlockBudget:
+    """Bytes reserved before a fetch and given back once what it fetched is put, first come first served."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        size = max(1, min(size, self.limit))
+        if not self._waiting and self.used + size <= self.limit:
+            self.used += size
+        else:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((size, granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._give_back(size)
+                else:
+                    self._wake()  # those behind it may fit now
+                raise
+        try:
+            yield
+        finally:
+            self._give_back(size)
+
+    def _give_back(self, size: int) -> None:
+        self.used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            wanted, granted = self._waiting[0]
+            if granted.done():
+                self._waiting.popleft()
+                continue
+            if self.used + wanted > self.limit:
+                break
+            self._waiting.popleft()
+            self.used += wanted
+            granted.set_result(None)
 
 
 class _Merged:
@@ -211,6 +263,7 @@ class SyncEngine:
         options: EngineOptions | None = None,
         *,
         block_slots: asyncio.Semaphore | None = None,
+        block_budget: BlockBudget | None = None,
         publisher: Publisher | None = None,
     ):
         """`publisher`: the head is published by it, in a group with other syncs' (the backup agent's);
@@ -221,6 +274,7 @@ class SyncEngine:
         self._publisher = publisher
         # Shared by the agent's workers, so that blocks held in memory stay bounded however many run.
         self._block_slots = block_slots or asyncio.Semaphore(self.options.block_concurrency)
+        self._block_budget = block_budget or BlockBudget(self.options.large_block_bytes)
 
     async def sync_library(
         self, repo_id: str, *, force: bool = False, on_progress: ProgressCallback | None = None,
@@ -514,7 +568,7 @@ class SyncEngine:
     async def _copy_files(self, run: _Run, files: dict[str, tuple[SeafDir | SeafFile, bytes]]) -> None:
         store_id = run.meta.store_id
         small: dict[str, int] = {}
-        large: dict[str, None] = {}
+        large: dict[str, int] = {}
         for file_id, (seaffile, _raw) in files.items():
             if not isinstance(seaffile, SeafFile):
                 self._object_failed(run, "fs", file_id, run.commit_id, "a file entry points at a directory object")
@@ -526,10 +580,10 @@ class SyncEngine:
                 if single:
                     small[block_id] = seaffile.size
                 else:
-                    large[block_id] = None
+                    large[block_id] = -(-seaffile.size // len(seaffile.block_ids))  # about its size
         await asyncio.gather(
             *(self._copy_block_pack(run, pack, sum(small[b] for b in pack)) for pack in self._packs(small)),
-            *(self._copy_large_block(run, block_id) for block_id in large),
+            *(self._copy_large_block(run, block_id, size) for block_id, size in large.items()),
         )
         objects = [(ObjType.FS, store_id, file_id, raw)
                    for file_id, (seaffile, raw) in files.items() if isinstance(seaffile, SeafFile)]
@@ -555,8 +609,8 @@ class SyncEngine:
         found = await run.block_requests.get(block_ids, size)
         await self._put_blocks(run, [(block_id, found.get(block_id)) for block_id in block_ids])
 
-    async def _copy_large_block(self, run: _Run, block_id: str) -> None:
-        async with self._block_slots:
+    async def _copy_large_block(self, run: _Run, block_id: str, size: int) -> None:
+        async with self._block_budget.reserve(size), self._block_slots:
             data = await self.source.block(run.meta.store_id, block_id)
             await self._put_blocks(run, [(block_id, data)])
 

@@ -140,6 +140,31 @@ def _every_visible_object_is_complete(data_dir: Path, repo_id: str) -> None:
             check_tree(data_dir, repo_id, path.parent.name + path.name, Closure())
 
 
+def test_large_blocks_in_flight_stay_within_their_byte_budget(primary, pair):
+    """The agent's memory stays bounded whatever the block size: blocks of multi-block files are fetched only while
+    their bytes fit the budget (here 4 blocks of 64 KiB, under 8 request slots)."""
+    repo = primary.create_library("budget", "alice@example.com")
+    primary.commit(repo, [Put(f"big{i}.bin", random.Random(i).randbytes(2 << 20)) for i in range(2)])  # 64 blocks
+    in_flight = {"now": 0, "most": 0}
+
+    class SlowSource(LocalSource):
+        async def block(self, store_id, block_id):
+            in_flight["now"] += 1
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+            try:
+                await asyncio.sleep(0.01)
+                return await super().block(store_id, block_id)
+            finally:
+                in_flight["now"] -= 1
+
+    engine = SyncEngine(SlowSource(pair.source), pair.target,
+                        EngineOptions(block_concurrency=8, large_block_bytes=256 << 10))
+    result = asyncio.run(engine.sync_library(repo))
+    assert result.blocks == 64
+    assert 2 <= in_flight["most"] <= 4, in_flight
+    pair.assert_same_files(repo)
+
+
 def test_every_interruption_leaves_the_backup_on_a_complete_snapshot(primary, pair, lab, monkeypatch):
     repo = _rich_library(primary)
     first_head = primary.head(repo)
