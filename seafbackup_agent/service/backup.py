@@ -70,7 +70,7 @@ class BackupService:
         self.options = options
         self.engine_options = engine_options or EngineOptions()
         self._block_slots = asyncio.Semaphore(self.engine_options.block_concurrency)
-        self._block_budget = BlockBudget(self.engine_options.large_block_bytes)
+        self._block_budget = BlockBudget(self.engine_options.block_bytes)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._forced: set[str] = set()

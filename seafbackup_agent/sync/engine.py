@@ -85,10 +85,10 @@ class EngineOptions:
     block_pack_count: int = 1000
     flush_seconds: float = 0.5
     """Copied objects are placed at least this often, so a crash mid-copy loses at most this much work."""
-    large_block_bytes: int = 24 << 20
-    """Bytes of large blocks (one request each) fetched and not yet handed to the write batch, at most, shared by
-    the agent's workers: the agent's memory stays bounded whatever the blocks' size (a block larger than this is
-    fetched alone)."""
+    block_bytes: int = 24 << 20
+    """Bytes of blocks in flight at most (a large block until it is handed to the write batch, a pack while it is
+    fetched and read), shared by the agent's workers: the agent's memory stays bounded whatever the blocks' size
+    (a block larger than this is fetched alone)."""
 
 
 @dataclass(slots=True)
@@ -183,11 +183,13 @@ class _Merged:
     """
 
     def __init__(self, fetch: Callable[[list[str]], Awaitable[dict[str, bytes]]], *, max_ids: int,
-                 max_bytes: int | None = None, slots: asyncio.Semaphore | None = None) -> None:
+                 max_bytes: int | None = None, slots: asyncio.Semaphore | None = None,
+                 budget: BlockBudget | None = None) -> None:
         self._fetch = fetch
         self._max_ids = max_ids
         self._max_bytes = max_bytes
         self._slots = slots
+        self._budget = budget
         self._waiting: list[tuple[list[str], int, asyncio.Future[dict[str, bytes]]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -231,11 +233,12 @@ class _Merged:
     async def _request(self, group: list[tuple[list[str], int, asyncio.Future[dict[str, bytes]]]],
                        ids: list[str]) -> None:
         try:
-            if self._slots is None:
+            async with contextlib.AsyncExitStack() as limits:
+                if self._budget is not None:
+                    await limits.enter_async_context(self._budget.reserve(sum(item[1] for item in group)))
+                if self._slots is not None:
+                    await limits.enter_async_context(self._slots)
                 found = await self._fetch(ids)
-            else:
-                async with self._slots:
-                    found = await self._fetch(ids)
         except asyncio.CancelledError:
             for _ids, _size, future in group:
                 future.cancel()
@@ -274,7 +277,7 @@ class SyncEngine:
         self._publisher = publisher
         # Shared by the agent's workers, so that blocks held in memory stay bounded however many run.
         self._block_slots = block_slots or asyncio.Semaphore(self.options.block_concurrency)
-        self._block_budget = block_budget or BlockBudget(self.options.large_block_bytes)
+        self._block_budget = block_budget or BlockBudget(self.options.block_bytes)
 
     async def sync_library(
         self, repo_id: str, *, force: bool = False, on_progress: ProgressCallback | None = None,
@@ -332,7 +335,7 @@ class SyncEngine:
         run.fs_requests = _Merged(lambda ids: self.source.fs_objects(store_id, ids), max_ids=self.options.fs_batch)
         run.block_requests = _Merged(lambda ids: self.source.blocks(store_id, ids),
                                      max_ids=self.options.block_pack_count, max_bytes=self.options.block_pack_bytes,
-                                     slots=self._block_slots)
+                                     slots=self._block_slots, budget=self._block_budget)
         sealed = False
         publication: Publication | None = None
         try:

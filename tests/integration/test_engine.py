@@ -158,10 +158,32 @@ def test_large_blocks_in_flight_stay_within_their_byte_budget(primary, pair):
                 in_flight["now"] -= 1
 
     engine = SyncEngine(SlowSource(pair.source), pair.target,
-                        EngineOptions(block_concurrency=8, large_block_bytes=256 << 10))
+                        EngineOptions(block_concurrency=8, block_bytes=256 << 10))
     result = asyncio.run(engine.sync_library(repo))
     assert result.blocks == 64
     assert 2 <= in_flight["most"] <= 4, in_flight
+    pair.assert_same_files(repo)
+
+
+def test_packs_of_small_blocks_in_flight_stay_within_the_same_budget(primary, pair):
+    repo = primary.create_library("packs", "alice@example.com")
+    primary.commit(repo, list(bulk_files(400, 4000)))  # 1.6 MB of single-block files
+    in_flight = {"now": 0, "most": 0}
+
+    class SlowSource(LocalSource):
+        async def blocks(self, store_id, block_ids):
+            in_flight["now"] += sum(4000 for _ in block_ids)
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+            try:
+                await asyncio.sleep(0.01)
+                return await super().blocks(store_id, block_ids)
+            finally:
+                in_flight["now"] -= sum(4000 for _ in block_ids)
+
+    engine = SyncEngine(SlowSource(pair.source), pair.target,
+                        EngineOptions(block_concurrency=8, block_pack_bytes=64_000, block_bytes=128_000))
+    assert asyncio.run(engine.sync_library(repo)).blocks == 400
+    assert 64_000 <= in_flight["most"] <= 128_000, in_flight
     pair.assert_same_files(repo)
 
 
