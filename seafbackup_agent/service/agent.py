@@ -151,6 +151,7 @@ async def run_backup(conf: SeafileConf, installation: SeafileInstallation, stop:
     state = StateStore(settings.state_dir / "state.sqlite")
     metrics = AgentMetrics()
     source = HttpSource.from_conf(conf, **_client_options(conf))
+    metrics.count_primary_requests(lambda: source.requests_sent)
     data_dir = installation.data_dir
     service = BackupService(
         source,

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from seafbackup_agent.sync.progress import LibraryProgress
 from seafbackup_agent.sync.result import SyncResult
+
+
+class _ReadCounter(Collector):
+    """A counter kept elsewhere (a client's own count), read when the registry is scraped."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        self._name, self._documentation, self._read = name, documentation, read
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
 
 
 class AgentMetrics:
@@ -110,3 +123,9 @@ class AgentMetrics:
     def record(self, result: SyncResult) -> None:
         self.syncs.labels(outcome=result.outcome.value).inc()
         self.sync_seconds.observe(result.duration)
+
+    def count_primary_requests(self, read: Callable[[], int]) -> None:
+        """`seafbackup_primary_requests_total` (backup): HTTP requests sent to the primary, each attempt counted:
+        what a sync costs in round trips over a WAN link."""
+        self.registry.register(_ReadCounter("seafbackup_primary_requests",
+                                            "HTTP requests sent to the primary's agent (every attempt)", read))

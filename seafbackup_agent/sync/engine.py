@@ -314,7 +314,7 @@ class SyncEngine:
             # Object storage: the index of what the target holds is ready before the walk asks it (in line).
             await asyncio.to_thread(self.target.store.prepare)
         rows = self.target.rows
-        meta = await self.source.library(repo_id)
+        meta = await self.source.library(repo_id, since=None if deep else old_head)
         if on_head is not None:
             on_head(None if meta is None else meta.head)
         if meta is None:
@@ -344,7 +344,9 @@ class SyncEngine:
             self._report(run)
             if old_head is not None and old_head not in stops and not deep:
                 await self._check_descends(run, old_head, stops)
-            for commit in run.new_commits.values():
+            # Parents first: a commit's tree is then copied as its diff from its parent's, which is already here.
+            commits = list(_oldest_first(run.new_commits))
+            for commit in commits:
                 run.commit_id, run.version = commit.commit_id, commit.version
                 await self._prefetch_changes(run, commit)
                 await self._copy_tree(run, commit.root_id)
@@ -353,7 +355,6 @@ class SyncEngine:
             await self._stop_placing(run)
             if run.placing_error is not None:
                 raise run.placing_error
-            commits = list(_oldest_first(run.new_commits))
             staged = [(ObjType.COMMITS, repo_id, c.commit_id, c.raw) for c in commits]
             last = [*run.held, *staged]  # what is still held, then the commits: in one trip with the publish
 

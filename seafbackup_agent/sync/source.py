@@ -19,8 +19,9 @@ class ObjectSource(Protocol):
         """Every library as (repo_id, head commit id): an async generator in the implementations."""
         ...
 
-    async def library(self, repo_id: str) -> LibraryMeta | None:
-        """The library's head, store and history boundary; None when it does not exist (deleted)."""
+    async def library(self, repo_id: str, *, since: str | None = None) -> LibraryMeta | None:
+        """The library's head, store and history boundary; None when it does not exist (deleted). `since`: the
+        head the caller has, so that a remote source may send along what it will ask for next."""
         ...
 
     async def commit(self, repo_id: str, commit_id: str) -> bytes | None: ...
@@ -56,7 +57,7 @@ class LocalSource:
         for item in await asyncio.to_thread(lambda: list(self.installation.rows.iter_heads())):
             yield item
 
-    async def library(self, repo_id: str) -> LibraryMeta | None:
+    async def library(self, repo_id: str, *, since: str | None = None) -> LibraryMeta | None:
         return await asyncio.to_thread(self.installation.rows.meta, repo_id)
 
     async def commit(self, repo_id: str, commit_id: str) -> bytes | None:

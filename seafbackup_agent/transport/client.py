@@ -14,7 +14,6 @@ import random
 import re
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
@@ -27,6 +26,7 @@ from seafbackup_agent.errors import ConfigError, SeafBackupError
 from seafbackup_agent.seafile import ids
 from seafbackup_agent.seafile.library import LibraryMeta
 from seafbackup_agent.seafile.treediff import TreeDiff
+from seafbackup_agent.transport.ahead import Ahead, AheadCache, parse_ahead_doc
 from seafbackup_agent.transport.errors import (
     AuthenticationError,
     ProtocolError,
@@ -48,7 +48,6 @@ log = logging.getLogger("seafbackup_agent.transport")
 T = TypeVar("T")
 USER_AGENT = "seafbackup-agent"
 FS_BATCH = 1000
-HEAD_COMMITS_KEPT = 256
 """fs ids per request; `fs_objects()` splits longer lists and runs up to `parallel` requests at once."""
 
 
@@ -109,6 +108,8 @@ class _SignedClient:
         self.max_backoff = max_backoff
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self.requests_sent = 0
+        """Requests sent, each attempt counted (the backup's `seafbackup_primary_requests_total`)."""
 
     def _checked_url(self, base_url: str) -> str:
         url = URL(base_url)
@@ -244,6 +245,7 @@ class _SignedClient:
             switched = False
             signed = {**headers, **self._signer.headers(method, path_qs, body)}
             base_url = self.nodes[node].url
+            self.requests_sent += 1
             try:
                 async with session.request(
                     method, self._url(path, node), data=body or None, headers=signed, allow_redirects=False
@@ -346,8 +348,8 @@ class HttpSource(_SignedClient):
             raise ConfigError(f"fs_batch must be between 1 and {MAX_PACK_IDS}")
         self.fs_batch = fs_batch
         self._parallel = asyncio.Semaphore(parallel)
-        self._head_commits: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        """Head commits that came with `library()`, until `commit()` asks for them (bounded)."""
+        self._ahead = AheadCache()
+        """Objects that came with `library()`, until `commit()`, `changed_fs()` or `blocks()` ask for them."""
 
     @classmethod
     def from_conf(cls, conf: SeafileConf, **options: Any) -> HttpSource:
@@ -401,16 +403,18 @@ class HttpSource(_SignedClient):
             yield entry
         raise ProtocolError("library list ended early (no end marker)")
 
-    async def library(self, repo_id: str) -> LibraryMeta | None:
+    async def library(self, repo_id: str, *, since: str | None = None) -> LibraryMeta | None:
         ids.repo_id(repo_id)
-        raw = await self._call("GET", f"/v1/libraries/{repo_id}", self._optional, ok=(200, 404))
+        query = "" if since is None else f"?since={ids.object_id(since, 'commit id')}"
+        raw = await self._call("GET", f"/v1/libraries/{repo_id}{query}", self._optional, ok=(200, 404))
         if raw is None:
             return None
         try:
             doc = json.loads(raw)
             meta = LibraryMeta(doc["repo_id"], doc["head"], doc["store_id"], doc["truncate_time"], doc.get("size"))
+            ahead = parse_ahead_doc(doc["ahead"]) if "ahead" in doc else Ahead()
         except (ValueError, KeyError, TypeError) as exc:
-            raise ProtocolError(f"library {repo_id}: malformed metadata from the primary") from exc
+            raise ProtocolError(f"library {repo_id}: malformed metadata from the primary ({exc})") from exc
         if not (
             meta.repo_id == repo_id
             and ids.is_object_id(meta.head)
@@ -420,15 +424,14 @@ class HttpSource(_SignedClient):
         ):
             raise ProtocolError(f"library {repo_id}: malformed metadata from the primary: {doc!r}")
         if isinstance(doc.get("head_commit"), str):
-            self._head_commits[(repo_id, meta.head)] = doc["head_commit"].encode("utf-8")
-            while len(self._head_commits) > HEAD_COMMITS_KEPT:
-                self._head_commits.popitem(last=False)
+            ahead.commits[meta.head] = doc["head_commit"].encode("utf-8")
+        self._ahead.keep(repo_id, meta.store_id, ahead)
         return meta
 
     async def commit(self, repo_id: str, commit_id: str) -> bytes | None:
         ids.repo_id(repo_id)
         ids.object_id(commit_id, "commit id")
-        prefetched = self._head_commits.pop((repo_id, commit_id), None)
+        prefetched = self._ahead.commit(repo_id, commit_id)
         if prefetched is not None:
             return prefetched
         return await self._call(
@@ -451,12 +454,23 @@ class HttpSource(_SignedClient):
         wanted = [ids.object_id(block_id, "block id") for block_id in dict.fromkeys(block_ids)]
         if len(wanted) > MAX_PACK_IDS:
             raise ValueError(f"at most {MAX_PACK_IDS} blocks per request")
-        return await self._pack(store_id, "blocks", wanted) if wanted else {}
+        found = {}
+        for block_id in wanted:
+            data = self._ahead.block(store_id, block_id)
+            if data is not None:
+                found[block_id] = data
+        missing = [block_id for block_id in wanted if block_id not in found]
+        if missing:
+            found.update(await self._pack(store_id, "blocks", missing))
+        return found
 
     async def changed_fs(self, store_id: str, new_root: str, old_root: str, version: int) -> TreeDiff:
         ids.repo_id(store_id, "store id")
         body = json.dumps({"new": ids.object_id(new_root, "fs object id"),
                            "old": ids.object_id(old_root, "fs object id"), "version": version}).encode()
+        prefetched = self._ahead.diff(store_id, new_root, old_root, version)
+        if prefetched is not None:
+            return prefetched  # it came with the library's answer
 
         async def read(response: aiohttp.ClientResponse) -> TreeDiff:
             objects = parse_pack(await response.read(), None)
@@ -486,6 +500,9 @@ class HttpSource(_SignedClient):
     async def block(self, store_id: str, block_id: str) -> bytes | None:
         ids.repo_id(store_id, "store id")
         ids.object_id(block_id, "block id")
+        prefetched = self._ahead.block(store_id, block_id)
+        if prefetched is not None:
+            return prefetched
         async with self._parallel:
             return await self._call(
                 "GET", f"/v1/stores/{store_id}/blocks/{block_id}", self._optional, ok=(200, 404), objects=True

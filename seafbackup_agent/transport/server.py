@@ -10,8 +10,10 @@ bound to it; see signing.py):
                                                      than `age` s before `now` was delivered to the backup
                                                      (service/heartbeat.py)
     GET  /v1/libraries                               text lines "<repo_id> <head>", then "end <count>"
-    GET  /v1/libraries/<repo_id>                     LibraryMeta as JSON (+ "head_commit": its stored text when
-                                                     readable); 404 when the library does not exist
+    GET  /v1/libraries/<repo_id>[?since=<commit id>] LibraryMeta as JSON (+ "head_commit": its stored text when
+                                                     readable; with `since`, the backup's head, + "ahead": the
+                                                     commits, fs diffs and small blocks it will ask for next,
+                                                     see ahead.py); 404 when the library does not exist
     GET  /v1/libraries/<repo_id>/commits/<id>        the commit's stored bytes; 404 when missing
     POST /v1/stores/<store_id>/fs                    body: JSON list of fs ids; response: pack frames
     POST /v1/stores/<store_id>/blocks                body: JSON list of block ids; response: pack frames
@@ -59,8 +61,10 @@ from seafbackup_agent.seafile.db import connect
 from seafbackup_agent.seafile.ids import EMPTY_ID, is_object_id, is_repo_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.library import LibraryMeta, LibraryRows
+from seafbackup_agent.seafile.objects import FormatError, parse_commit
 from seafbackup_agent.seafile.storage import FilesystemStore, ObjType
 from seafbackup_agent.seafile.treediff import changed_fs_objects
+from seafbackup_agent.transport.ahead import Ahead, ahead_doc, read_ahead
 from seafbackup_agent.transport.signing import (
     DEFAULT_WINDOW,
     DIFF_COMPLETE_HEADER,
@@ -361,21 +365,35 @@ async def _libraries(request: web.Request) -> web.Response:
 
 async def _library(request: web.Request) -> web.Response:
     repo_id = _repo_id(request)
+    since = request.query.get("since")
+    if since is not None and not is_object_id(since):
+        return _error(400, "malformed since: a commit id is 40 lowercase hex digits")
     store = request.app[INSTALLATION].store
 
-    def read(rows: LibraryRows) -> tuple[LibraryMeta | None, bytes | None]:
+    def read(rows: LibraryRows) -> tuple[LibraryMeta | None, bytes | None, Ahead | None]:
         meta = rows.meta(repo_id)
-        return meta, None if meta is None else store.read(ObjType.COMMITS, repo_id, meta.head)
+        if meta is None:
+            return None, None, None
+        raw = store.read(ObjType.COMMITS, repo_id, meta.head)
+        if since is None or raw is None:
+            return meta, raw, None
+        try:
+            head = parse_commit(raw, expected_id=meta.head, expected_repo_id=repo_id)
+        except FormatError:
+            return meta, raw, None  # the backup fetches it, and reports it
+        return meta, raw, read_ahead(store.read, repo_id, meta.store_id, head, since, meta.truncate_time)
 
     # One trip to a worker thread: the row, then the head commit, which rides along (a sync that needs it
-    # saves a round trip; the backup verifies it).
-    meta, raw = await request.app[ROWS].run(read)
+    # saves a round trip; the backup verifies it), and with `since` what the backup will ask for next (ahead.py).
+    meta, raw, ahead = await request.app[ROWS].run(read)
     if meta is None:
         return _error(404, "no such library")
     doc: dict[str, Any] = dataclasses.asdict(meta)
     with contextlib.suppress(UnicodeDecodeError):
         if raw is not None:
             doc["head_commit"] = raw.decode("utf-8")
+    if ahead is not None:
+        doc["ahead"] = ahead_doc(ahead)
     return web.json_response(doc)
 
 

@@ -39,9 +39,13 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     assert doc["counts"] == {"synchronized": 3, "waiting": 0, "syncing": 0, "failed": 0, "unknown": 0}
 
     delays = []
+    requests_before = _primary_requests(agents)
     for i in range(20):
         head = primary.commit(repos[i % 3], [Put(f"f{i}.txt", os.urandom(1000))])
         delays.append(_wait_head(lab, repos[i % 3], head))
+    # An ordinary head move is one request to the primary (the heartbeats' few come on top; three a move before
+    # the library's answer brought its objects along).
+    assert 20 <= _primary_requests(agents) - requests_before < 30
     delays.sort()
     print(f"\nhead move -> backup: p50 {statistics.median(delays) * 1000:.0f} ms, "
           f"p99 {delays[-1] * 1000:.0f} ms over {len(delays)} commits")
@@ -65,9 +69,7 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     text = agents.cmd("status").stdout
     assert text.startswith("Total number of libraries: 4\nNumber of synchronized libraries: 4\n")
     assert "List of libraries failed to sync:" in text
-    metrics = subprocess.run(["curl", "-s", "--unix-socket", str(agents.tmp / "state/agent.sock"),
-                              "http://agent/metrics"], capture_output=True, text=True).stdout
-    assert 'seafbackup_libraries{state="synchronized"} 4.0' in metrics
+    assert 'seafbackup_libraries{state="synchronized"} 4.0' in _metrics(agents)
     assert LAB_SYNC_TOKEN not in agents.log("primary") + agents.log("backup")
     assert lab.db_password not in agents.log("primary") + agents.log("backup")
     assert "change detection: tailing the binlog of seafile_db" in agents.log("primary")
@@ -76,6 +78,17 @@ def test_backup_follows_the_primary_within_seconds(primary, lab, agents):
     assert agents.stop("primary") == 0
     assert not (agents.tmp / "state/agent.sock").exists()
     _check_the_logs(lab, agents, repos[0], first_head)
+
+
+def _metrics(agents) -> str:
+    return subprocess.run(["curl", "-s", "--unix-socket", str(agents.tmp / "state/agent.sock"),
+                           "http://agent/metrics"], capture_output=True, text=True, check=True).stdout
+
+
+def _primary_requests(agents) -> int:
+    found = re.search(r"(?m)^seafbackup_primary_requests_total (\S+)$", _metrics(agents))
+    assert found, "no seafbackup_primary_requests_total in the backup's metrics"
+    return int(float(found.group(1)))
 
 
 def _check_the_logs(lab, agents, repo, head):

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import random
 import re
 import socket
 import subprocess
@@ -19,11 +20,13 @@ import uuid
 import pytest
 
 from seafbackup_agent.errors import InvalidIdError
+from seafbackup_agent.seafile.ids import is_object_id
 from seafbackup_agent.seafile.installation import SeafileInstallation
 from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.result import SyncResult
 from seafbackup_agent.sync.source import LocalSource
+from seafbackup_agent.transport.ahead import AHEAD_BLOCK_BYTES
 from seafbackup_agent.transport.client import HttpSource, parse_pack
 from seafbackup_agent.transport.errors import (
     AuthenticationError,
@@ -205,6 +208,9 @@ def test_forged_replayed_tampered_and_malformed_requests_get_4xx_and_no_data(pri
                 f"/v1/stores/{repo}/blocks/..%2f..%2f..%2fetc%2fpasswd",
                 f"/v1/libraries/{repo}/commits/{head[:39]}",
                 "/v1/libraries/not-a-library",
+                f"/v1/libraries/{repo}?since={head.upper()}",
+                f"/v1/libraries/{repo}?since=../../{head}",
+                f"/v1/libraries/{repo}?since=",
             ):
                 assert (await expect(url, 400, "GET", path)).startswith("malformed")
             blocks_path = f"/v1/stores/{repo}/blocks"
@@ -432,16 +438,18 @@ def _run_logged_then_check(scenario, target, caplog, lab, primary, repo) -> None
 
 
 async def _sync_and_list_requests(engine: SyncEngine, repo: str, caplog) -> tuple[SyncResult, list[str]]:
-    """One sync of `repo`; the last path segment of each request it sent, from the primary's access log (DEBUG)."""
+    """One sync of `repo`; the last path segment of each request it sent, from the primary's access log (DEBUG),
+    with its query."""
     caplog.clear()
     result = await engine.sync_library(repo)
     lines = [r.getMessage().split('"')[1] for r in caplog.records if r.name.endswith("access")]
     return result, [line.split()[1].split("/")[-1] for line in lines]
 
 
-def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup_db_privileges, caplog):
-    """Library metadata (with the head commit), one tree diff (every changed directory and file object of
-    the commit), one pack of small blocks: not one request per directory level, commit or block."""
+def test_an_incremental_sync_over_http_costs_one_request(primary, lab, backup_db_privileges, caplog):
+    """The backup says which head it has; the primary's answer brings the library's metadata, the new commit,
+    every changed directory and file object of it and the new file's block: one request, not one per directory
+    level, commit or block (nor the three of a metadata request, a tree diff and a pack of blocks)."""
     repo = primary.create_library("deep", "alice@example.com")
     primary.put_files(repo, {"a/b/c/d/old.txt": b"old", "a/b/other.txt": b"o", "top.txt": b"t"})
     old_root = json.loads(primary.store.read(ObjType.COMMITS, repo, primary.head(repo)))["root_id"]
@@ -457,18 +465,61 @@ def test_an_incremental_sync_over_http_costs_three_requests(primary, lab, backup
             assert changed == await LocalSource(installation).changed_fs(repo, new_root, old_root, 1)
             engine = SyncEngine(http, target)
             await engine.sync_library(repo)  # the first state (full copy) of the library...
+            old_head = primary.head(repo)
             primary.commit(repo, [Put("a/b/c/d/newer.txt", b"newer")])
             result, requests = await _sync_and_list_requests(engine, repo, caplog)  # ...then one more commit
             assert (result.commits, result.fs_objects, result.blocks) == (1, 6, 1)
-            assert requests == [repo, "fs-diff", "blocks"], requests
+            assert requests == [f"{repo}?since={old_head}"], requests
 
     _run_logged_then_check(scenario, target, caplog, lab, primary, repo)
 
 
-def test_the_first_commit_of_a_library_created_empty_costs_three_requests(primary, lab, backup_db_privileges,
-                                                                           caplog):
-    """A library's first commit has the empty tree as its parent's: its whole tree comes in the one tree
-    diff too (not one request per directory level), then one pack of small blocks."""
+def test_several_commits_since_the_backups_head_still_cost_one_request(primary, lab, backup_db_privileges, caplog):
+    """A burst of commits between two syncs (an upload of many files) comes in the same one answer: every commit
+    back to the backup's head, each one's changed fs objects, the new files' blocks."""
+    repo = primary.create_library("burst", "alice@example.com")
+    primary.put_files(repo, {"docs/a.txt": b"a", "photos/b.jpg": b"b"})
+    target = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+
+    async def scenario():
+        async with serving(lab) as (server, _installation), HttpSource(server.url, TOKEN) as http:
+            engine = SyncEngine(http, target)
+            await engine.sync_library(repo)
+            for i in range(5):
+                primary.commit(repo, [Put(f"docs/{i}/new.txt", f"burst {i}".encode()), Put("photos/b.jpg", bytes([i]))])
+            result, requests = await _sync_and_list_requests(engine, repo, caplog)
+            assert (result.commits, result.blocks) == (5, 10)
+            assert len(requests) == 1 and requests[0].startswith(f"{repo}?since="), requests
+
+    _run_logged_then_check(scenario, target, caplog, lab, primary, repo)
+
+
+def test_a_change_larger_than_what_rides_along_fetches_its_blocks_on_their_own(primary, lab, backup_db_privileges,
+                                                                               caplog):
+    """Blocks ride with the library's answer only up to AHEAD_BLOCK_BYTES: a larger file's blocks come in the
+    engine's own block requests (its byte budget applies), the tree still in the one answer."""
+    repo = primary.create_library("large", "alice@example.com")
+    primary.put_files(repo, {"small.txt": b"s"})
+    big = random.Random(7).randbytes(AHEAD_BLOCK_BYTES + 1)
+    target = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+
+    async def scenario():
+        async with serving(lab) as (server, _installation), HttpSource(server.url, TOKEN) as http:
+            engine = SyncEngine(http, target)
+            await engine.sync_library(repo)
+            primary.commit(repo, [Put("big.bin", big), Put("small2.txt", b"s2")])
+            result, requests = await _sync_and_list_requests(engine, repo, caplog)
+            assert result.commits == 1 and result.bytes > len(big)
+            assert requests[0].startswith(f"{repo}?since=") and "fs-diff" not in requests, requests
+            # The large file's blocks, each on its own (a multi-block file's); small2.txt's block rode along.
+            assert len(requests) - 1 == result.blocks - 1 and all(map(is_object_id, requests[1:])), requests
+
+    _run_logged_then_check(scenario, target, caplog, lab, primary, repo)
+
+
+def test_the_first_commit_of_a_library_created_empty_costs_one_request(primary, lab, backup_db_privileges, caplog):
+    """A library's first commit has the empty tree as its parent's: its whole tree rides with the library's
+    answer too, and its small blocks."""
     repo = primary.create_library("fresh", "alice@example.com")
     target = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
 
@@ -479,7 +530,7 @@ def test_the_first_commit_of_a_library_created_empty_costs_three_requests(primar
             primary.commit(repo, [Put("a/b/c/first.txt", b"first"), Put("a/b/c/second.txt", b"second")])
             result, requests = await _sync_and_list_requests(engine, repo, caplog)
             assert (result.commits, result.fs_objects, result.blocks) == (1, 6, 2)
-            assert requests == [repo, "fs-diff", "blocks"], requests
+            assert len(requests) == 1 and requests[0].startswith(f"{repo}?since="), requests
 
     _run_logged_then_check(scenario, target, caplog, lab, primary, repo)
 
