@@ -62,6 +62,16 @@ class LibraryRows:
         )
         return row[0] if row else None
 
+    def head_and_gc_id(self, repo_id: str) -> tuple[str | None, str | None]:
+        """The library's head and its own GCID, in one round trip (what a sync reads first)."""
+        row = _fetch_one(
+            self.conn,
+            "SELECT (SELECT commit_id FROM Branch WHERE repo_id=%s AND name=%s), "
+            "(SELECT gc_id FROM GCID WHERE repo_id=%s)",
+            (repo_id, BRANCH, repo_id),
+        )
+        return (row[0], row[1]) if row else (None, None)
+
     def iter_heads(self, batch: int = 5000) -> Iterator[tuple[str, str]]:
         """Every library with its head, in repo_id order."""
         for lines in self.iter_head_lines(batch):

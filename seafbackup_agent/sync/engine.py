@@ -397,10 +397,10 @@ class SyncEngine:
         (restart, wait_timeout): a long-lived worker's next sync must not fail on it. Tried as is first: no ping
         per sync."""
         try:
-            return self.target.rows.head(repo_id), self.target.rows.gc_id(repo_id)
+            return self.target.rows.head_and_gc_id(repo_id)
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError):
             self.target.reconnect_if_gone()
-            return self.target.rows.head(repo_id), self.target.rows.gc_id(repo_id)
+            return self.target.rows.head_and_gc_id(repo_id)
 
     # --- commits ---------------------------------------------------------------------------------
 

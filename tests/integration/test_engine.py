@@ -395,6 +395,9 @@ def test_gc_on_the_backup_during_the_copy_makes_it_redo_with_a_full_check(primar
     monkeypatch.setattr(WriteBatch, "_place", place_then_gc)
     result = pair.sync(repo)
     assert state["gc_ran"] and result.outcome is Outcome.SYNCHRONIZED
+    # What the next sync reads first, in one round trip: the head and the GCID it will check at the publish.
+    assert pair.target.rows.head_and_gc_id(repo) == (result.new_head, "new-gc")
+    assert pair.target.rows.head_and_gc_id(str(uuid.uuid4())) == (None, None)
     pair.assert_consistent(repo)
     pair.assert_same_files(repo)
 
