@@ -39,6 +39,8 @@ class AgentMetrics:
         self.objects_copied = Counter(
             "seafbackup_copied_objects", "Objects copied to the backup (counted as they are staged, during a sync)",
             ["type"], registry=r)
+        self._objects_copied_by_type = tuple(self.objects_copied.labels(type=kind)
+                                             for kind in ("commit", "fs", "block"))
         self.libraries_remaining = Gauge(
             "seafbackup_libraries_remaining",
             "Libraries of the current batch (queued from idle; the first sync of a store is one) not yet done",
@@ -116,9 +118,10 @@ class AgentMetrics:
     def copied(self, delta: LibraryProgress) -> None:
         """Objects just staged by a running sync: `rate()` of these counters is the copy rate during a sync."""
         self.bytes_copied.inc(delta.bytes)
-        self.objects_copied.labels(type="commit").inc(delta.commits)
-        self.objects_copied.labels(type="fs").inc(delta.fs_objects)
-        self.objects_copied.labels(type="block").inc(delta.blocks)
+        for counter, count in zip(self._objects_copied_by_type, (delta.commits, delta.fs_objects, delta.blocks),
+                                  strict=True):
+            if count:
+                counter.inc(count)
 
     def record(self, result: SyncResult) -> None:
         self.syncs.labels(outcome=result.outcome.value).inc()

@@ -114,7 +114,9 @@ class StoreProgress:
         self.done.discard(repo_id)
 
     def remaining(self) -> int:
-        return len(self.queued - self.done)
+        # `done` only ever holds queued libraries, so this is a count, not a set difference: a poll queues every
+        # library of the server one `add` at a time, and each asks this (a difference made that quadratic).
+        return len(self.queued) - len(self.done)
 
     def start(self, repo_id: str) -> ProgressCallback:
         """A sync begins; returns the callback to give the engine."""
@@ -145,7 +147,7 @@ class StoreProgress:
         if entry is not None:
             self.finished_objects += entry.progress.objects
             self.finished_bytes += entry.progress.bytes
-        if done:
+        if done and repo_id in self.queued:  # one of an earlier batch, ended after this one began, is not counted
             self.done.add(repo_id)
 
     def totals(self) -> tuple[int, int]:

@@ -64,3 +64,22 @@ def test_a_plain_progress_line_parses_and_anything_else_is_refused():
     assert fields["libraries"] == "1/3" and fields["bytes"] == "345" and fields["library"] == "-"
     with pytest.raises(ValueError, match="not a progress line"):
         parse_line("library x synchronized")
+
+
+def test_the_count_of_libraries_left_holds_through_requeues_and_a_late_finish_from_an_earlier_batch():
+    store = StoreProgress(clock=Clock())
+    for repo in ("a", "b", "c"):
+        store.add(repo)
+    store.add("a")  # notified again while queued: still one library
+    assert store.remaining() == 3
+    store.start("a")
+    store.finish("a")
+    store.add("a")  # changed again after its sync: left to do again
+    assert store.remaining() == 3
+    for repo in ("a", "b", "c"):
+        store.finish(repo)
+    assert store.remaining() == 0
+    store.add("d")  # a new batch
+    store.finish("b")  # a sync of the previous batch that ends late counts for nothing here
+    assert store.remaining() == 1 and store.document()["libraries_total"] == 1
+
