@@ -8,7 +8,7 @@ head it has (`GET /v1/libraries/<repo_id>?since=<its head>`), the primary sends 
 - the commits from its head back to that head (at most AHEAD_COMMITS),
 - for each of them whose parent is that head or among them, the fs objects not at the same path in the
   parent's tree (only diffs that are complete, AHEAD_FS_OBJECTS and AHEAD_FS_BYTES for all),
-- the blocks of the new files, while their sizes add up to at most AHEAD_BLOCK_BYTES.
+- the blocks of the new files, up to AHEAD_BLOCK_BYTES and AHEAD_BLOCKS, counted as they are read.
 
 The backup keeps them (`AheadCache`) until its engine asks for exactly those objects, and checks each against
 its id like any other it fetches: the answer is a cache, never a contract. What is not there is asked for as
@@ -36,6 +36,7 @@ AHEAD_FS_BYTES = 1 << 20
 AHEAD_BLOCK_BYTES = 256 << 10
 """A few changed files' blocks ride along; larger changes are fetched by the engine's own block requests, where
 the transfer, not the round trip, is what counts."""
+AHEAD_BLOCKS = 256
 
 CACHE_BYTES = 8 << 20
 CACHE_ENTRIES = 4096
@@ -121,21 +122,26 @@ def _commits_since(read: ReadObject, repo_id: str, head: Commit, since: str,
 
 
 def _new_files_blocks(read: ReadObject, store_id: str, diffs: list[AheadDiff]) -> dict[str, bytes]:
+    """Blocks of the new files that fit, counted by the bytes read (a file object's size and block list are what
+    a Seafile client uploaded: a crafted one costs no more than AHEAD_BLOCK_BYTES and AHEAD_BLOCKS reads)."""
     blocks: dict[str, bytes] = {}
-    left = AHEAD_BLOCK_BYTES
+    bytes_left, reads_left = AHEAD_BLOCK_BYTES, AHEAD_BLOCKS
     for diff in diffs:
         for obj_id, raw in diff.objects.items():
             try:
                 obj = parse_fs_object(obj_id, raw, version=diff.version)
             except FormatError:
                 continue
-            if not isinstance(obj, SeafFile) or obj.size > left:
+            if not isinstance(obj, SeafFile) or not 0 <= obj.size <= bytes_left:
                 continue
-            left -= obj.size
             for block_id in obj.block_ids:
+                if bytes_left <= 0 or reads_left <= 0:
+                    return blocks
+                reads_left -= 1
                 data = read(ObjType.BLOCKS, store_id, block_id)
                 if data is not None:
                     blocks[block_id] = data
+                    bytes_left -= len(data)
     return blocks
 
 
