@@ -369,23 +369,31 @@ async def _library(request: web.Request) -> web.Response:
     if since is not None and not is_object_id(since):
         return _error(400, "malformed since: a commit id is 40 lowercase hex digits")
     store = request.app[INSTALLATION].store
+    local = isinstance(store, FilesystemStore)
+
+    def ahead_of(meta: LibraryMeta, raw: bytes | None) -> Ahead | None:
+        if since is None or raw is None:
+            return None
+        try:
+            head = parse_commit(raw, expected_id=meta.head, expected_repo_id=repo_id)
+        except FormatError:
+            return None  # the backup fetches it, and reports it
+        return read_ahead(store.read, repo_id, meta.store_id, head, since, meta.truncate_time)
 
     def read(rows: LibraryRows) -> tuple[LibraryMeta | None, bytes | None, Ahead | None]:
         meta = rows.meta(repo_id)
         if meta is None:
             return None, None, None
         raw = store.read(ObjType.COMMITS, repo_id, meta.head)
-        if since is None or raw is None:
-            return meta, raw, None
-        try:
-            head = parse_commit(raw, expected_id=meta.head, expected_repo_id=repo_id)
-        except FormatError:
-            return meta, raw, None  # the backup fetches it, and reports it
-        return meta, raw, read_ahead(store.read, repo_id, meta.store_id, head, since, meta.truncate_time)
+        return meta, raw, ahead_of(meta, raw) if local else None
 
     # One trip to a worker thread: the row, then the head commit, which rides along (a sync that needs it
     # saves a round trip; the backup verifies it), and with `since` what the backup will ask for next (ahead.py).
+    # From object storage those reads are network round trips: they are made after the database connection is
+    # given back to the pool, which the other requests share.
     meta, raw, ahead = await request.app[ROWS].run(read)
+    if meta is not None and not local and since is not None:
+        ahead = await asyncio.to_thread(ahead_of, meta, raw)
     if meta is None:
         return _error(404, "no such library")
     doc: dict[str, Any] = dataclasses.asdict(meta)

@@ -34,10 +34,13 @@ from seafbackup_agent.seafile.storage import ObjType
 from seafbackup_agent.sync.engine import SyncEngine
 from seafbackup_agent.sync.result import SyncError
 from seafbackup_agent.sync.source import LocalSource
+from seafbackup_agent.transport.client import HttpSource
+from seafbackup_agent.transport.server import create_primary_app, start_server
 from seafbackup_lab.writer import Put, SeafileServer, bulk_files
 from tests.agents import Agents
 from tests.playbooks import run_playbook
 from tests.seafile_checks import check_closure
+from tests.signed_http import TOKEN, past_start
 
 EMPTY = "0" * 40
 Objects = dict[tuple[str, str, str], bytes]
@@ -209,6 +212,41 @@ def test_s3_to_s3(lab, backup_db_privileges, buckets, seafile_conf_backends, s3)
         assert not (lab.backup.seafile_data_dir / "storage").exists()  # nothing went to the backup's disk
     finally:
         source.close()
+        target.close()
+        writer.close()
+
+
+def test_a_primary_on_s3_serves_an_incremental_sync_in_one_request(
+        lab, backup_db_privileges, buckets, seafile_conf_backends, s3):
+    """Over HTTP from a primary whose objects are in S3: the library's answer brings the change along (its reads
+    are GETs, made after the database connection is given back), and the backup's copy is the primary's."""
+    seafile_conf_backends("primary", buckets("primary"))
+    repo, writer = write_library(lab)
+    target = SeafileInstallation.open(lab.backup.seafile_conf_dir, lab.backup.seafile_data_dir)
+
+    async def scenario():
+        installation = SeafileInstallation.open(lab.primary.seafile_conf_dir, lab.primary.seafile_data_dir)
+        app = create_primary_app(installation, TOKEN)
+        server = await start_server(app)
+        await past_start(app)
+        try:
+            async with HttpSource(server.url, TOKEN) as http:
+                engine = SyncEngine(http, target)
+                await engine.sync_library(repo)
+                writer.commit(repo, [Put("bulk/d00001/f0000120.bin", b"changed"), Put("new.txt", b"new")])
+                before = http.requests_sent
+                result = await engine.sync_library(repo)
+                assert result.new_head == writer.head(repo) and result.blocks == 2
+                assert http.requests_sent - before == 1
+        finally:
+            await server.close()
+            installation.close()
+
+    try:
+        asyncio.run(scenario())
+        assert target.rows.head(repo) == writer.head(repo)
+        check_closure(lab.backup.seafile_data_dir, repo, repo, writer.head(repo))
+    finally:
         target.close()
         writer.close()
 
