@@ -5,7 +5,7 @@ objects that changed and the new files' blocks cost three round trips after the 
 requests on each agent (their CPU per head move, and on a WAN link 3 RTT of RPO). When the backup says which
 head it has (`GET /v1/libraries/<repo_id>?since=<its head>`), the primary sends along, in the same answer:
 
-- the commits from its head back to that head (at most AHEAD_COMMITS),
+- the commits below its head back to that head (at most AHEAD_COMMITS; the head commit is "head_commit"),
 - for each of them whose parent is that head or among them, the fs objects not at the same path in the
   parent's tree (only diffs that are complete, AHEAD_FS_OBJECTS and AHEAD_FS_BYTES for all),
 - the blocks of the new files, up to AHEAD_BLOCK_BYTES and AHEAD_BLOCKS, counted as they are read.
@@ -68,7 +68,8 @@ def read_ahead(read: ReadObject, repo_id: str, store_id: str, head: Commit, sinc
     if head.commit_id == since:
         return ahead
     commits = _commits_since(read, repo_id, head, since, truncate_time)
-    ahead.commits = {cid: commit.raw for cid, commit in commits.items()}
+    # The head commit itself is in the answer already (its "head_commit"): only the ones below it ride here.
+    ahead.commits = {cid: commit.raw for cid, commit in commits.items() if cid != head.commit_id}
     base = read(ObjType.COMMITS, repo_id, since)
     roots = {cid: commit.root_id for cid, commit in commits.items()}
     if base is not None:
