@@ -1,5 +1,6 @@
 """The backup's state store (SQLite) and the primary's change detectors, without servers."""
 
+import sqlite3
 import time
 
 from prometheus_client import generate_latest
@@ -45,6 +46,42 @@ def test_a_library_left_syncing_by_a_killed_agent_is_waiting_again(tmp_path):
     store.syncing(REPO)
     store.close()
     assert StateStore(tmp_path / "s.sqlite").get(REPO).state is LibraryState.WAITING
+
+
+def _rows_in_file(path):
+    other = sqlite3.connect(path)
+    try:
+        return dict(other.execute("SELECT repo_id, state FROM library").fetchall())
+    finally:
+        other.close()
+
+
+def test_writes_reach_the_file_together_and_a_crash_loses_only_the_unflushed_ones(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = StateStore(path)
+    store.waiting(REPO, "a" * 40)
+    store.syncing(REPO)
+    assert store.get(REPO).state is LibraryState.SYNCING  # seen at once by the agent itself
+    assert _rows_in_file(path) == {}  # not yet in the file
+    assert store.counts()[LibraryState.SYNCING] == 1  # a query over the table writes what waits first
+    assert _rows_in_file(path) == {REPO: "syncing"}
+    store.synchronized(REPO, "b" * 40, forced=False)
+    # The agent is killed here (no close): the file holds the last flush, and a restart reads it as waiting.
+    assert StateStore(path).get(REPO).state is LibraryState.WAITING
+    store.close()  # a clean stop writes everything
+    assert _rows_in_file(path) == {REPO: "synchronized"}
+
+
+def test_many_waiting_writes_are_flushed_without_a_query(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = StateStore(path)
+    repos = [f"{i:08x}-5454-4dfa-9d9e-461eb3e38930" for i in range(StateStore.MAX_PENDING)]
+    for repo in repos:
+        store.waiting(repo, "a" * 40)
+    assert len(_rows_in_file(path)) == StateStore.MAX_PENDING
+    store.synchronized(repos[0], None, forced=False)  # deleted on the primary
+    store.flush()
+    assert len(_rows_in_file(path)) == StateStore.MAX_PENDING - 1 and store.get(repos[0]) is None
 
 
 class FakeRows:
