@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         fresh = run(plan, cases, args.keep_lab)
         command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
         origin = {"command": command.strip(), "started": fresh["started"], "elapsed_s": fresh["elapsed_s"],
-                  "quick": plan.quick, "workers": args.workers}
+                  "quick": plan.quick, "workers": args.workers, "disks": fresh["machine"]["hosts' disks"]}
         for case in cases:
             fresh[case]["run"] = origin
         if args.merge and data_file.exists():
@@ -78,13 +78,14 @@ def run(plan: scenarios.Plan, cases: list[str], keep_lab: bool) -> dict:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     started = time.time()
-    lab = make_lab()
+    lab, disks = make_lab()
     work = lab.dir / "work"
-    log(f"lab at {lab.dir}")
+    log(f"lab at {lab.dir}; {disks.describe(lab.dir)}")
     results: dict = {"plan": scenarios.as_dict(plan), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:
         version = root_sql(lab.primary, "SELECT VERSION()")[0][0]
         results["machine"] = machine.describe(lab.dir, version)
+        results["machine"]["hosts' disks"] = disks.describe(lab.dir)
         for case in cases:
             t = time.monotonic()
             if case == "rpo":
@@ -105,6 +106,7 @@ def run(plan: scenarios.Plan, cases: list[str], keep_lab: bool) -> dict:
     finally:
         if not keep_lab:
             lab.down()
+            disks.detach()
             # Hundreds of thousands of small files: deleted in the background, the report need not wait.
             subprocess.Popen(["rm", "-rf", str(lab.dir)], start_new_session=True)
     results["elapsed_s"] = time.time() - started

@@ -97,8 +97,11 @@ def seed_backup_rows(backup: LabHost, rows: list[tuple[str, str]]) -> None:
 
 
 def copy_storage(src_data_dir: Path, dst_data_dir: Path) -> None:
-    """The primary's storage/ into the backup's seafile-data as hard links (`cp -al`): objects are immutable
+    """The primary's storage/ into the backup's seafile-data as hard links (`cp -al`) on one disk: objects are immutable
     and every writer (Seafile, the writer, the agent) creates new files by rename, so sharing inodes is safe
     and seeding a million objects takes seconds instead of minutes."""
     subprocess.run(["rm", "-rf", str(dst_data_dir / "storage")], check=True)
-    subprocess.run(["cp", "-al", str(src_data_dir / "storage"), str(dst_data_dir / "storage")], check=True)
+    # Hosts on disks of their own (bench/disks.py) cannot share inodes: a real copy then.
+    same_disk = src_data_dir.stat().st_dev == dst_data_dir.stat().st_dev
+    subprocess.run(["cp", "-al" if same_disk else "-a", str(src_data_dir / "storage"), str(dst_data_dir / "storage")],
+                   check=True)

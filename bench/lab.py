@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from bench.disks import HostDisks
 from seafbackup_agent.config import DEFAULT_WORKERS
 from seafbackup_lab.lab import DATABASES, Lab, LabHost, new_lab_dir, pair_agents, unpair_agents
 
@@ -23,12 +24,18 @@ PROFILE_DIR: Path | None = None
 """When set (`python -m bench --profile DIR`), every agent runs under `py-spy record` (collapsed stacks)."""
 
 
-def make_lab(prefix: str = "seafbackup-bench-") -> Lab:
+def make_lab(prefix: str = "seafbackup-bench-") -> tuple[Lab, HostDisks]:
+    """The bench's lab, each host on a disk of its own where this machine allows it (bench/disks.py)."""
     path = new_lab_dir(os.environ.get("SEAFBACKUP_BENCH_TMP", "/tmp"), prefix)
-    lab = Lab(path, {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"})
-    lab.up()
-    root_sql(lab.backup, "GRANT BINLOG ADMIN ON *.* TO 'seafile'@'%'")
-    return lab
+    disks = HostDisks.attach(path, ("primary", "backup"))
+    try:
+        lab = Lab(path, {"primary": f"{ADDR_PREFIX}1", "backup": f"{ADDR_PREFIX}2"})
+        lab.up()
+        root_sql(lab.backup, "GRANT BINLOG ADMIN ON *.* TO 'seafile'@'%'")
+    except BaseException:
+        disks.detach()
+        raise
+    return lab, disks
 
 
 def root_sql(host: LabHost, *statements: str, args: tuple | None = None):
@@ -43,9 +50,11 @@ def root_sql(host: LabHost, *statements: str, args: tuple | None = None):
 
 
 def discard(lab: Lab, path: Path) -> None:
-    """Set a directory aside in the lab's trash (deleted with the lab, in the background, at the end)."""
+    """Set a directory aside in the trash of its filesystem (a host's disk or the lab's directory), deleted with
+    the lab at the end."""
     if path.exists():
-        trash = lab.dir / "trash"
+        root = next((h.root for h in lab.hosts.values() if path.is_relative_to(h.root)), lab.dir)
+        trash = root / "bench-trash"
         trash.mkdir(exist_ok=True)
         path.rename(trash / f"{path.name}-{time.time_ns()}")
 

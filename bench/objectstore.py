@@ -235,7 +235,7 @@ def main() -> int:
     global PROFILE_DIR
     PROFILE_DIR = args.profile
     sizes = args.objects or [10_000]
-    lab = make_lab("seafbackup-bench-objects-")
+    lab, disks = make_lab("seafbackup-bench-objects-")
     ceph = CephCluster(Path(lab.dir) / "ceph", CEPH_ADDR)
     results = []
     try:
@@ -250,6 +250,7 @@ def main() -> int:
     finally:
         ceph.remove()
         lab.down()
+        disks.detach()
         shutil.rmtree(lab.dir, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -118,8 +118,9 @@ def _runs(results: dict) -> list[str]:
     lines = ["Cases from separate runs (`--merge`):", ""]
     for case, origin in origins.items():
         sizes = "quick" if origin["quick"] else "full"
+        disks = origin.get("disks", "both hosts on the machine's root filesystem")
         lines.append(f"* {case}: `{origin['command']}` ({sizes} sizes), {origin['started']}, "
-                     f"{origin['elapsed_s'] / 60:.1f} min")
+                     f"{origin['elapsed_s'] / 60:.1f} min; {disks}")
     return [*lines, ""]
 
 
@@ -325,9 +326,9 @@ def markdown(results: dict, images: list[str]) -> str:
             "## 3. Incremental: one changed file",
             "",
             "Stores of N objects (files of 64 bytes: one block and one file object each, 100 per directory); the "
-            "backup starts synchronized (storage hard-linked with `cp -al`: objects are immutable and every writer "
-            "replaces files by rename; rows as the agent publishes them), the rsync mirror is a `cp -al` of the same "
-            "storage. Then one file is added in one directory and both tools bring "
+            "backup starts synchronized (its storage a copy of the primary's, hard-linked with `cp -al` when both "
+            "hosts share a disk; rows as the agent publishes them), the rsync mirror is a `cp -al` of the same "
+            "storage on the primary's disk. Then one file is added in one directory and both tools bring "
             f"their copy up to date; median of {r['repeats']}. Agent: head move on the primary → head on the backup "
             "(notification, HTTP, fsyncs, publish). rsync: `rsync -a src/ mirror/`.",
             "",

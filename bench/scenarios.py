@@ -227,7 +227,7 @@ def initial(lab: Lab, plan: Plan, work: Path, log, *, store: str = "synthetic") 
     del files
     src = lab.primary.seafile_data_dir / "storage"
     size, objects = _du_bytes(src)
-    copies = work / "initial-copies"
+    copies = lab.backup.root / "var/tmp/initial-copies"  # where the agent writes: the backup's disk
     subprocess.run(["sync"], check=True)
     runs: dict[str, list[dict]] = {"agent": [], "rsync -a": [], "cp -a": [], "dd": []}
 
@@ -285,7 +285,7 @@ def incremental(lab: Lab, plan: Plan, work: Path, log, *, repeats: int = 3) -> d
         src = lab.primary.seafile_data_dir / "storage"
         bulk.copy_storage(lab.primary.seafile_data_dir, lab.backup.seafile_data_dir)
         bulk.seed_backup_rows(lab.backup, bulk.heads(lab.primary))
-        mirror = work / "incremental-rsync"
+        mirror = lab.primary.root / "var/tmp/incremental-rsync"  # hard links need the store's filesystem
         discard(lab, mirror)
         mirror.parent.mkdir(parents=True, exist_ok=True)
         # Hard links as for the backup: rsync replaces files by rename, never in place.

@@ -124,7 +124,7 @@ def _first_syncs(lab: Lab, plan: Plan, work: Path, log, links: list[wan.Link], s
             finally:
                 agents.close()
             tcp_mbit = wan.tcp_transfer_mbit(path.tcp, (SINK, 9001), size)
-            copies = work / "wan-rsync"
+            copies = lab.backup.root / "var/tmp/wan-rsync"
             discard(lab, copies)
             copies.mkdir(parents=True)
             rsync_s = sshd.rsync_seconds(src, copies / "storage", path.ssh_host)
