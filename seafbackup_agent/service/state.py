@@ -58,8 +58,8 @@ class StateStore:
     `close()`. A head move made four autocommit transactions here (waiting, syncing, heading_to,
     synchronized), each with its WAL writes and locks, on the event loop's thread: 0.13-0.15 ms of CPU and
     0.22-0.25 ms of the loop per move, 0.05 ms now. The state is advisory (the truth is Branch on the backup
-    and the primary's heads, and a poll rebuilds it), so a crash may lose the writes since the last flush and nothing else: the agent's
-    retrier flushes every few seconds."""
+    and the primary's heads, and a poll rebuilds it), so a crash may lose the writes since the last flush and
+    nothing else: the agent's retrier flushes every few seconds."""
 
     MAX_PENDING = 1000
 
