@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import socket
@@ -347,6 +348,9 @@ def _self_signed(tmp_path) -> tuple[str, str]:
 def test_https_with_a_self_signed_certificate(primary, lab, tmp_path):
     repo = primary.create_library("tls", "alice@example.com")
     primary.put_files(repo, {"t.txt": b"over tls"})
+    big = os.urandom(3 << 20)  # in several pieces: a TLS connection cannot take sendfile(2)
+    big_id = hashlib.sha1(big).hexdigest()
+    primary.store.write(ObjType.BLOCKS, repo, big_id, big, durable=False)
     cert, key = _self_signed(tmp_path)
     other_cert, _ = _self_signed(tmp_path / "..")
 
@@ -357,6 +361,7 @@ def test_https_with_a_self_signed_certificate(primary, lab, tmp_path):
                 assert [r async for r, _ in http.libraries()] == [repo]
                 meta = await http.library(repo)
                 assert await http.commit(repo, meta.head) == await LocalSource(installation).commit(repo, meta.head)
+                assert await http.block(repo, big_id) == big
             for ca_file in (None, other_cert):  # system CAs, or the wrong CA: refused at once, not retried
                 async with HttpSource(server.url, TOKEN, ca_file=ca_file, retries=3, backoff=1) as http:
                     start = time.monotonic()
