@@ -231,9 +231,7 @@ class _Merged:
     async def _request(self, group: list[tuple[list[str], int, asyncio.Future[dict[str, bytes]]]],
                        ids: list[str]) -> None:
         try:
-            async with contextlib.AsyncExitStack() as limits:
-                if self._slots is not None:
-                    await limits.enter_async_context(self._slots)
+            async with self._slots if self._slots is not None else contextlib.nullcontext():
                 found = await self._fetch(ids)
         except asyncio.CancelledError:
             for _ids, _size, future in group:
