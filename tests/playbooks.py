@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seafbackup_lab.lab import REPO_ROOT, Lab
+from seafbackup_lab.wheelhouse import pip_environment
 
 BIN = Path(sys.executable).parent
 
@@ -47,7 +48,8 @@ class Run:
 def run_playbook(inventory: Path, *args: str, playbook: str = "playbooks/setup_backup.yml") -> Run:
     env = dict(os.environ)
     env.update(ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="False",
-               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1", PATH=f"{BIN}:{env.get('PATH', '')}")
+               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1", PATH=f"{BIN}:{env.get('PATH', '')}",
+               **pip_environment())
     start = time.monotonic()
     result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), playbook, *args], cwd=REPO_ROOT,
                             env=env, capture_output=True, text=True, timeout=600, check=False)
