@@ -8,21 +8,40 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from seafbackup_agent.config import CONF_DIR_VARIABLE, DATA_DIR_VARIABLE
 from seafbackup_lab.cluster import GALERA_NODES, ClusterLab, open_lab
-from seafbackup_lab.hosts import HostsLab, build_image, default_hosts_lab_dir
 from seafbackup_lab.lab import Lab, default_lab_dir, render_inventory
 from seafbackup_lab.mariadb import LabError
 from seafbackup_lab.services import UnitService
 from seafbackup_lab.sshd import LabSSH
-from seafbackup_lab.writer import Put, SeafileServer
+
+# Ansible runs `service` once per service action of a lab playbook run (hundreds in the test suite): what only
+# other commands need (rich's tables, the writer, the hosts lab, the agent's settings) is imported where used.
+if TYPE_CHECKING:
+    from rich.console import Console as RichConsole
+
+    from seafbackup_lab.writer import SeafileServer
+
+
+class Console:
+    """rich's console, made when something is first printed (most `service` calls print nothing)."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self.stderr = stderr
+        self._console: RichConsole | None = None
+
+    def print(self, *objects: object) -> None:
+        if self._console is None:
+            from rich.console import Console as RichConsole
+
+            self._console = RichConsole(stderr=self.stderr)
+        self._console.print(*objects)
 
 
 def _server(lab: Lab, host: str) -> SeafileServer:
+    from seafbackup_lab.writer import SeafileServer
+
     h = lab.hosts[host]
     return SeafileServer(h.seafile_conf_dir, h.seafile_data_dir)
 
@@ -44,6 +63,8 @@ def _cmd_reset(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_status(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
     status = lab.status()
     if getattr(args, "json", False):
         print(json.dumps(status, indent=2))
@@ -101,6 +122,8 @@ def _seafile_service(lab: Lab, args: argparse.Namespace, console: Console) -> in
 
 def _cmd_backup_cmd(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     """seaf-backup-cmd on a lab host, finding that host's seafile.conf as Seafile's scripts would."""
+    from seafbackup_agent.config import CONF_DIR_VARIABLE, DATA_DIR_VARIABLE
+
     host = lab.hosts[args.host]
     installed = host.root / "opt/seafbackup/venv/bin/seaf-backup-cmd"  # what setup_backup.yml installed there
     cmd = installed if installed.exists() else Path(sys.executable).parent / "seaf-backup-cmd"
@@ -125,6 +148,8 @@ def _cmd_sshd(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_hosts(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     """The hosts lab: two Debian containers booting systemd (seafbackup_lab.hosts); its own directory."""
+    from seafbackup_lab.hosts import HostsLab, build_image, default_hosts_lab_dir
+
     hosts = HostsLab(args.hosts_dir or default_hosts_lab_dir())
     if args.action == "image":
         console.print(f"image: {build_image(hosts.cache)}")
@@ -146,6 +171,10 @@ def _cmd_hosts(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_seafile(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from seafbackup_lab.writer import Put
+
     with _server(lab, args.host) as server:
         if args.seafile_cmd == "create":
             repo_id = server.create_library(args.name, args.owner, password=args.password)

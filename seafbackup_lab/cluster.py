@@ -25,8 +25,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pymysql
-
 from seafbackup_lab.lab import (
     DATABASES,
     LAB_SYNC_TOKEN,
@@ -90,6 +88,8 @@ class GaleraNode:
 
 def wait_synced(server, timeout: float = SYNC_TIMEOUT) -> None:
     """Until the node says Synced (a joiner answers connections before it has the cluster's state)."""
+    import pymysql
+
     deadline = time.monotonic() + timeout
     state = None
     while time.monotonic() < deadline:

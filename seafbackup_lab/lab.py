@@ -10,12 +10,14 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from seafbackup_agent.config import DatabaseSettings, load_seafile_conf
-from seafbackup_agent.service.heartbeat import DB_HEARTBEAT_SCHEMA
 from seafbackup_lab.mariadb import MariaDBPaths, MariaDBServer
 from seafbackup_lab.services import UnitService
 from seafbackup_lab.sshd import LabSSH
+
+if TYPE_CHECKING:
+    from seafbackup_agent.config import DatabaseSettings
 
 DATABASES = ("ccnet_db", "seafile_db", "seahub_db")
 SEAFILE_DB_USER = "seafile"
@@ -65,6 +67,8 @@ class LabHost:
         return self.root / "opt/seafile/seafile-data"
 
     def database(self) -> DatabaseSettings:
+        from seafbackup_agent.config import load_seafile_conf  # the lab's CLI (run per service action) needs less
+
         return load_seafile_conf(self.seafile_conf_dir).database
 
 
@@ -167,6 +171,8 @@ class Lab:
                     # replicated heartbeat row into the marker database.
                     cur.execute(f"GRANT {PRIMARY_AGENT_PRIVILEGES} ON *.* TO %s@'%%'", (SEAFILE_DB_USER,))
                     cur.execute(f"CREATE DATABASE IF NOT EXISTS `{MARKER_DATABASE}` CHARACTER SET utf8mb4")
+                    from seafbackup_agent.service.heartbeat import DB_HEARTBEAT_SCHEMA
+
                     cur.execute(DB_HEARTBEAT_SCHEMA.format(database=MARKER_DATABASE))
                     cur.execute(f"GRANT SELECT, INSERT, UPDATE ON `{MARKER_DATABASE}`.`heartbeat` TO %s@'%%'",
                                 (SEAFILE_DB_USER,))

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pymysql
+if TYPE_CHECKING:  # imported where used: the lab's CLI often needs no database (about 0.1 s a call)
+    import pymysql.connections
 
 
 class LabError(RuntimeError):
@@ -176,6 +178,8 @@ class MariaDBServer:
                          logs=[self.paths.error_log, self.paths.output_log], timeout=timeout)
 
     def _answers(self) -> bool:
+        import pymysql
+
         try:
             self.root_connection().close()
         except pymysql.MySQLError:
@@ -204,6 +208,8 @@ class MariaDBServer:
                 time.sleep(0.01)
 
     def root_connection(self, database: str | None = None) -> pymysql.connections.Connection:
+        import pymysql
+
         return pymysql.connect(
             unix_socket=str(self.paths.socket), user="root", database=database, autocommit=True, connect_timeout=2
         )
