@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 
 CONTROL_SOCKET = "agent.sock"
 THREADS = 32
+GIL_SWITCH_SECONDS = 0.0005
+"""How long a thread holding the GIL keeps it while another waits (Python's default: 5 ms). The agent's threads
+make a blocking system call or more per object (open, read or write, close), each giving the GIL up; coming back,
+a thread waited behind the event loop's thread for up to the whole interval, object after object."""
 
 
 def control_socket_path(conf: SeafileConf) -> Path:
@@ -200,6 +205,7 @@ async def run_agent(conf_dir: Path, data_dir: Path) -> int:
     # once workers wait on durability barriers and the database at the same time.
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="seafbackup"))
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     stop = asyncio.Event()
     _install_stop_handlers(stop)
     try:
