@@ -153,6 +153,8 @@ class Lab:
         return report
 
     def _provision_databases(self, host: LabHost) -> None:
+        from seafbackup_agent.service.heartbeat import DB_HEARTBEAT_SCHEMA  # not at the top: the CLI's calls stay light
+
         conn = host.mariadb.root_connection()
         try:
             with conn.cursor() as cur:
@@ -171,8 +173,6 @@ class Lab:
                     # replicated heartbeat row into the marker database.
                     cur.execute(f"GRANT {PRIMARY_AGENT_PRIVILEGES} ON *.* TO %s@'%%'", (SEAFILE_DB_USER,))
                     cur.execute(f"CREATE DATABASE IF NOT EXISTS `{MARKER_DATABASE}` CHARACTER SET utf8mb4")
-                    from seafbackup_agent.service.heartbeat import DB_HEARTBEAT_SCHEMA
-
                     cur.execute(DB_HEARTBEAT_SCHEMA.format(database=MARKER_DATABASE))
                     cur.execute(f"GRANT SELECT, INSERT, UPDATE ON `{MARKER_DATABASE}`.`heartbeat` TO %s@'%%'",
                                 (SEAFILE_DB_USER,))
