@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from seafbackup_lab.cached_builds import cached_build, run_logged
 from seafbackup_lab.lab import DATABASES, LAB_REPLICATION_PASSWORD, REPO_ROOT, SEAFILE_DB_USER, SERVER_IDS
 from seafbackup_lab.mariadb import LabError, _alive
 
@@ -147,43 +148,6 @@ def recipe_hash() -> str:
     return _hash(base_hash(), SETUP_SCRIPT, _schema_sql(), json.dumps(_seafile_conf_files()))
 
 
-def _run(cmd: list[str], *, log: Path | None = None, timeout: float = 1800) -> None:
-    if log is None:
-        subprocess.run(cmd, check=True, timeout=timeout)
-        return
-    with log.open("a") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n")
-        fh.flush()
-        result = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, check=False)
-    if result.returncode:
-        tail = "\n".join(log.read_text().splitlines()[-20:])
-        raise LabError(f"{cmd[0]} failed (exit {result.returncode}); {log}:\n{tail}")
-
-
-@contextlib.contextmanager
-def _building(cache: Path, name: str) -> Iterator[tuple[Path | None, Path]]:
-    """Yields (None, _) when `cache/name` is ready, else (a work directory to fill, a log); the work directory
-    becomes `cache/name` when the block succeeds. Older builds of the same kind are deleted."""
-    final = cache / name
-    if (final / "ready").exists():
-        yield None, final
-        return
-    work = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=cache))
-    log = cache / f"{name}.log"
-    log.write_text("")
-    try:
-        yield work, log
-        shutil.rmtree(final, ignore_errors=True)
-        work.rename(final)
-        (final / "ready").write_text(json.dumps({"built": time.time()}))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    kind = name.split("-")[0]
-    for old in cache.glob(f"{kind}-*"):
-        if old != final and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def build_image(cache: Path = DEFAULT_CACHE) -> Path:
     """The cached root image for the current recipe, built first if missing. Returns its root directory.
 
@@ -193,14 +157,14 @@ def build_image(cache: Path = DEFAULT_CACHE) -> Path:
     with (cache / "build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second build waits for the first one and then uses its image
         base = cache / f"base-{base_hash()}"
-        with _building(cache, base.name) as (work, log):
+        with cached_build(cache, base.name) as (work, log):
             if work is not None:
-                _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
+                run_logged(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
                       str(work / "root"), MIRROR], log=log)
-        with _building(cache, f"image-{recipe_hash()}") as (work, log):
+        with cached_build(cache, f"image-{recipe_hash()}") as (work, log):
             if work is not None:
                 root = work / "root"
-                _run(["cp", "-a", "--reflink=auto", str(base / "root"), str(root)], log=log)
+                run_logged(["cp", "-a", "--reflink=auto", str(base / "root"), str(root)], log=log)
                 (root / "opt/seafile-schema.sql").write_text(_schema_sql())
                 conf = root / "opt/seafile-conf.tmp"
                 conf.mkdir()
@@ -211,7 +175,7 @@ def build_image(cache: Path = DEFAULT_CACHE) -> Path:
                     "rm -r /opt/seafile-conf.tmp /opt/seafile-schema.sql\n"
                 )
                 # Not --boot: the script runs as the container's only process; anything it starts dies with it.
-                _run(["systemd-nspawn", "-q", "-D", str(root), "--register=no", "--keep-unit",
+                run_logged(["systemd-nspawn", "-q", "-D", str(root), "--register=no", "--keep-unit",
                       "--private-network", "--as-pid2", "/bin/sh", "-c", script], log=log, timeout=600)
     return cache / f"image-{recipe_hash()}" / "root"
 
@@ -304,11 +268,11 @@ class HostsLab:
 
     def _bridge(self) -> None:
         if subprocess.run(["ip", "link", "show", self.bridge], capture_output=True).returncode != 0:
-            _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+            run_logged(["ip", "link", "add", self.bridge, "type", "bridge"])
         if f" {self.net}.1/24 " not in subprocess.run(["ip", "-o", "addr", "show", "dev", self.bridge],
                                                        capture_output=True, text=True).stdout:
-            _run(["ip", "addr", "add", f"{self.net}.1/24", "dev", self.bridge])
-        _run(["ip", "link", "set", self.bridge, "up"])
+            run_logged(["ip", "addr", "add", f"{self.net}.1/24", "dev", self.bridge])
+        run_logged(["ip", "link", "set", self.bridge, "up"])
 
     def _prepare(self, host: Container, image: Path) -> None:
         """The container's root: an overlay of the image (a copy where overlayfs is missing), then what is its own:
@@ -323,7 +287,7 @@ class HostsLab:
                                      capture_output=True).returncode == 0
             if not mounted:
                 host.root.rmdir()
-                _run(["cp", "-a", "--reflink=auto", str(image), str(host.root)])
+                run_logged(["cp", "-a", "--reflink=auto", str(image), str(host.root)])
                 (host.dir / "copy").write_text("")
         root = host.root
         network = root / "etc/systemd/network/10-lab.network"

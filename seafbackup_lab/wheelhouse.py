@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from seafbackup_lab.cached_builds import cached_build, run_logged
 from seafbackup_lab.lab import REPO_ROOT
-from seafbackup_lab.mariadb import LabError
 
 DEFAULT_CACHE = REPO_ROOT / ".venv" / "wheelhouse"
 
@@ -34,31 +31,16 @@ def _inputs_hash() -> str:
 def agent_wheelhouse(cache: Path = DEFAULT_CACHE) -> Path:
     """The directory of the agent's pinned dependencies (not the agent itself), built first when missing."""
     cache.mkdir(parents=True, exist_ok=True)
-    final = cache / _inputs_hash()
+    name = f"wheels-{_inputs_hash()}"
     with (cache / "build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "ready").exists():
-            return final
-        work = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
-        try:
-            built = subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "-w", str(work),
-                 "-c", str(REPO_ROOT / "constraints.txt"), str(REPO_ROOT)],
-                capture_output=True, text=True, check=False)
-            if built.returncode:
-                raise LabError(f"pip wheel of the agent's dependencies failed (exit {built.returncode}):\n"
-                               f"{built.stderr[-2000:]}")
-            for own in work.glob("seafbackup-*.whl"):  # the role installs the wheel it builds itself
-                own.unlink()
-            (work / "ready").write_text("")
-            shutil.rmtree(final, ignore_errors=True)
-            work.rename(final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        for old in cache.iterdir():
-            if old.is_dir() and old != final:
-                shutil.rmtree(old, ignore_errors=True)
-    return final
+        with cached_build(cache, name) as (work, log):
+            if work is not None:
+                run_logged([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "-w", str(work),
+                            "-c", str(REPO_ROOT / "constraints.txt"), str(REPO_ROOT)], log=log, timeout=600)
+                for own in work.glob("seafbackup-*.whl"):  # the role installs the wheel it builds itself
+                    own.unlink()
+    return cache / name
 
 
 def pip_environment(cache: Path = DEFAULT_CACHE) -> dict[str, str]:
