@@ -98,12 +98,14 @@ def root_sql(host, *statements):
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.2) -> T:
-    """Polls until `predicate` returns something true and returns that; fails the test after `timeout` seconds."""
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.2,
+             explain: Callable[[], str] | None = None) -> T:
+    """Polls until `predicate` returns something true and returns that; fails the test after `timeout` seconds,
+    with what `explain` says then (the state a failure in CI must show, since the lab is gone afterwards)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s")
+    raise AssertionError(f"timed out after {timeout}s" + (f"\n{explain()}" if explain else ""))

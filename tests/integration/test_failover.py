@@ -66,6 +66,18 @@ def _seafile_state(host):
     return path.read_text().strip() if path.exists() else "never started"
 
 
+def _agents_story(lab, log_lines: int = 60) -> str:
+    """Each host's agent as `status --json` sees it and the end of its log."""
+    parts = []
+    for name, host in lab.hosts.items():
+        status = _agent_cmd(host, "status", "--json")
+        log = host.root / "var/log/seafbackup-agent.log"
+        tail = log.read_text(errors="replace").splitlines()[-log_lines:] if log.exists() else ["(no log)"]
+        parts.append(f"== {name}: status exit {status.returncode}\n{status.stdout[-4000:]}{status.stderr[-1000:]}"
+                     f"\n== {name}: {log}\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def _backup_head(lab, host, repo_id):
     rows = query(lab, host, "SELECT commit_id FROM seafile_db.Branch WHERE repo_id=%s AND name='master'", (repo_id,))
     return rows[0]["commit_id"] if rows else None
@@ -341,7 +353,7 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill, s
     with _seaf(drill.backup) as new_primary:
         fresh = new_primary.create_library("After failover", "alice@example.com")
         head = new_primary.put_files(fresh, {"new.txt": b"written on the new primary", "big.bin": os.urandom(200_000)})
-    wait_for(lambda: _backup_head(drill, "primary", fresh) == head)
+    wait_for(lambda: _backup_head(drill, "primary", fresh) == head, explain=lambda: _agents_story(drill))
     check_closure(drill.primary.seafile_data_dir, fresh, fresh, head)
     # The library that was behind at the failover is newer (and broken) on the rebuilt backup than on the new
     # primary: the agent refuses to move its head back until told to (the runbook's `sync --force`).
@@ -351,7 +363,7 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill, s
         return {lib["repo_id"]: lib["reason"] for lib in _agent_status(drill, drill.primary)["libraries"]
                 if lib["state"] == "failed"}
 
-    failed = wait_for(failed_now, timeout=60)
+    failed = wait_for(failed_now, timeout=60, explain=lambda: _agents_story(drill))
     assert list(failed) == [bad] and "does not descend" in failed[bad]
     forced = _agent_cmd(drill.primary, "sync", "--force", bad)
     assert forced.returncode == 0, forced.stderr
