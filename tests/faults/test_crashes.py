@@ -23,6 +23,7 @@ from tests.seafile_checks import Closure, check_closure, check_tree, head_files
 KILL_POINTS = int(os.environ.get("SEAFBACKUP_FAULT_KILL_POINTS", "30"))
 WORKERS = 2  # the agents fixture pairs the lab with two workers
 BATCH_OBJECTS, BATCH_BYTES = 8192, 256 << 20  # FilesystemStore.batch()'s limits
+FIRST_SYNC_FILES = 3000  # 6,000 objects and a few directories: fewer than one batch
 SEED = int(os.environ.get("SEAFBACKUP_FAULT_SEED", "20261201"))
 
 
@@ -50,6 +51,21 @@ def _wait_for_copying(agents, since: int, timeout: float = 10) -> bool:
     return True
 
 
+def _wait_for_kept_progress(lab, repos: list[str], timeout: float = 10) -> bool:
+    """Until a library without a published head has objects in place (a flush by age of its first sync); False
+    once every library is published or after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        heads = published_heads(lab)
+        unpublished = [r for r in repos if r not in heads]
+        if not unpublished:
+            return False
+        if any(_objects_stored(lab, r) for r in unpublished):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_kill_9_at_random_points_of_first_syncs(primary, lab, agents):
     rng = random.Random(SEED)
     print(f"\nseed {SEED} (set SEAFBACKUP_FAULT_SEED to replay)")
@@ -69,7 +85,7 @@ def test_kill_9_at_random_points_of_first_syncs(primary, lab, agents):
     agents.start("backup")
     agents.wait_synchronized(2)
     agents.stop("backup", signal.SIGKILL)
-    for files in (1000, 1000):
+    for files in (FIRST_SYNC_FILES, FIRST_SYNC_FILES):
         add_library(files)
     print(f"libraries written and the small ones synchronized in {time.monotonic() - started:.1f}s")
     verified = set(assert_published_heads_restorable(lab).items())
@@ -81,12 +97,19 @@ def test_kill_9_at_random_points_of_first_syncs(primary, lab, agents):
             repo = repos[point // 2 % 2]
             primary.commit(repo, list(bulk_files(20, 2000, seed=point, prefix=f"more{point}")))
         if all(r in published_heads(lab) for r in repos):
-            add_library(1000)  # a first sync for the kills to come
+            add_library(FIRST_SYNC_FILES)  # a first sync for the kills to come
         since = _primary_log_size(agents)
         agents.start("backup")
         # Killed at a random point once copying has begun (how long start-up takes depends on the machine).
         mid_copy += _wait_for_copying(agents, since)
-        time.sleep(rng.uniform(0.0, 1.0))
+        if point % 2:
+            # Every other kill comes once a first sync has placed objects by age: a random point of the copy
+            # may fall before the first such flush every time on a fast machine (the age to reach is 0.5 s or
+            # 4x the last flush's duration).
+            _wait_for_kept_progress(lab, repos)
+            time.sleep(rng.uniform(0.0, 0.2))
+        else:
+            time.sleep(rng.uniform(0.0, 1.0))
         agents.stop("backup", signal.SIGKILL)
 
         heads = published_heads(lab)

@@ -353,7 +353,7 @@ def test_the_old_primary_rebuilt_as_the_new_backup_replicates_and_syncs(drill, s
     with _seaf(drill.backup) as new_primary:
         fresh = new_primary.create_library("After failover", "alice@example.com")
         head = new_primary.put_files(fresh, {"new.txt": b"written on the new primary", "big.bin": os.urandom(200_000)})
-    wait_for(lambda: _backup_head(drill, "primary", fresh) == head, explain=lambda: _agents_story(drill))
+    wait_for(lambda: _backup_head(drill, "primary", fresh) == head, timeout=120, explain=lambda: _agents_story(drill))
     check_closure(drill.primary.seafile_data_dir, fresh, fresh, head)
     # The library that was behind at the failover is newer (and broken) on the rebuilt backup than on the new
     # primary: the agent refuses to move its head back until told to (the runbook's `sync --force`).
