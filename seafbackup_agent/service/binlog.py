@@ -154,6 +154,8 @@ class BinlogChangeDetector:
         self._on_change: OnChange = lambda repo_id, head: None
         self._account = f"'{database.user}'@'%'"
         self._mariadb = True
+        self._stream_read = False
+        """The current stream delivered an event: it was up, and an outage after it is a new one."""
 
     # --- the event loop's side ----------------------------------------------------------------------
 
@@ -326,6 +328,7 @@ class BinlogChangeDetector:
             assert self.position is not None
             stream = self._open_stream(self.position)
             lookup: list[pymysql.connections.Connection] = []
+            self._stream_read = False
             try:
                 self._read(stream, loop, halt, lookup)
                 return
@@ -339,6 +342,8 @@ class BinlogChangeDetector:
                 if error_code(exc) == ER.MASTER_FATAL_ERROR_READING_BINLOG and self._restart_after_gap(loop, exc):
                     backoff = 0.0
                     continue
+                if self._stream_read:  # up again since the last failure: not the same outage
+                    backoff = 0.0
                 backoff = min(max(backoff * 2, 0.5), self.max_backoff)
                 log.warning("change detection: binlog: %s; reconnecting from %s in %.1fs",
                             exc.args[-1] if error_code(exc) else exc, self.position, backoff)
@@ -396,6 +401,7 @@ class BinlogChangeDetector:
               lookup: list[pymysql.connections.Connection]) -> None:
         pending: dict[str, object] = {}
         for event in stream:
+            self._stream_read = True
             if isinstance(event, _ROW_EVENTS):
                 for repo_id, head in _changes(event):
                     if head is _LOOKUP and pending.get(repo_id) not in (None, _LOOKUP):

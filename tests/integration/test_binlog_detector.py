@@ -143,6 +143,36 @@ def test_detection_survives_a_binlog_rotation_and_a_restart_of_the_database(prim
     assert lab.db_password not in caplog.text
 
 
+def _reconnect_waits(caplog) -> list[float]:
+    """The waits the detector announced before reconnecting its stream, in order."""
+    return [float(r.getMessage().rsplit(" in ", 1)[1].rstrip("s")) for r in caplog.records
+            if "reconnecting from" in r.getMessage()]
+
+
+def test_an_outage_after_a_reconnection_is_retried_from_the_shortest_wait(primary, lab, running, caplog):
+    """The backoff of one outage does not carry over to the next: after a long outage the stream read again, so a
+    short restart later is retried after 0.5 s, not after the wait the first outage had grown to (up to 30 s of
+    head moves detected late)."""
+    repo = primary.create_library("lib", "alice@example.com")
+    detector = running()
+    lab.primary.mariadb.stop()
+    time.sleep(5)  # the retries after 0.5, 1 and 2 s find no server
+    lab.primary.mariadb.start()
+    primary.db.connect()
+    head = primary.commit(repo, [Put("a.txt", b"1")])
+    detector.wait_for(repo, head)
+    first_outage = _reconnect_waits(caplog)
+    assert first_outage[:4] == [0.5, 1.0, 2.0, 4.0], first_outage
+
+    lab.primary.mariadb.stop()
+    lab.primary.mariadb.start()
+    primary.db.connect()
+    head = primary.commit(repo, [Put("b.txt", b"2")])
+    detector.wait_for(repo, head)
+    assert _reconnect_waits(caplog)[len(first_outage)] == 0.5, _reconnect_waits(caplog)
+    assert detector.detector.kind == "binlog"
+
+
 def test_a_purged_position_is_followed_by_one_full_comparison(primary, lab, running, caplog):
     """The agent was cut off from the database while the binlog it was reading was purged."""
     moved, deleted, kept = (primary.create_library(n, "alice@example.com") for n in ("moved", "deleted", "kept"))
