@@ -53,6 +53,7 @@ class LabSSH:
         authorized = self.dir / "authorized_keys"
         authorized.write_text(self.client_key.with_suffix(".pub").read_text())
         authorized.chmod(0o600)
+        (self.dir / "home").mkdir(mode=0o700, exist_ok=True)
 
     def render_config(self, host: str) -> str:
         return (
@@ -67,6 +68,7 @@ class LabSSH:
             "UsePAM no\n"
             "StrictModes no\n"
             "Subsystem sftp internal-sftp\n"
+            f"SetEnv HOME={self.dir / 'home'}\n"
             "LogLevel ERROR\n"
         )
 
