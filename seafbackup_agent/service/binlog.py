@@ -155,7 +155,9 @@ class BinlogChangeDetector:
         self._account = f"'{database.user}'@'%'"
         self._mariadb = True
         self._stream_read = False
-        """The current stream delivered an event: it was up, and an outage after it is a new one."""
+        """The current stream read a transaction or a heartbeat (sent only once the server has nothing more to
+        send): it was up, and an outage after it is a new one. A stream that fails right after connecting (the
+        server's opening rotate event) is still the same outage, retried with a growing wait."""
 
     # --- the event loop's side ----------------------------------------------------------------------
 
@@ -401,13 +403,13 @@ class BinlogChangeDetector:
               lookup: list[pymysql.connections.Connection]) -> None:
         pending: dict[str, object] = {}
         for event in stream:
-            self._stream_read = True
             if isinstance(event, _ROW_EVENTS):
                 for repo_id, head in _changes(event):
                     if head is _LOOKUP and pending.get(repo_id) not in (None, _LOOKUP):
                         continue  # Branch written in the same transaction: its head is known
                     pending[repo_id] = head
             elif isinstance(event, XidEvent):
+                self._stream_read = True
                 if pending:
                     self._call(loop, self._apply, self._resolve(pending, lookup))
                     pending = {}
@@ -416,6 +418,7 @@ class BinlogChangeDetector:
             elif isinstance(event, RotateEvent):
                 self.position = BinlogPosition(stream.log_file, stream.log_pos)
             elif isinstance(event, HeartbeatLogEvent) and not pending:
+                self._stream_read = True
                 # Sent only when the server has nothing more to send: everything before its position is read.
                 self._call(loop, self.coverage.seen, LogPosition.of(stream.log_file, stream.log_pos))
             if halt.is_set():
