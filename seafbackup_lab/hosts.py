@@ -160,7 +160,7 @@ def build_image(cache: Path = DEFAULT_CACHE) -> Path:
         with cached_build(cache, base.name) as (work, log):
             if work is not None:
                 run_logged(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
-                      str(work / "root"), MIRROR], log=log)
+                            str(work / "root"), MIRROR], log=log)
         with cached_build(cache, f"image-{recipe_hash()}") as (work, log):
             if work is not None:
                 root = work / "root"
@@ -176,7 +176,7 @@ def build_image(cache: Path = DEFAULT_CACHE) -> Path:
                 )
                 # Not --boot: the script runs as the container's only process; anything it starts dies with it.
                 run_logged(["systemd-nspawn", "-q", "-D", str(root), "--register=no", "--keep-unit",
-                      "--private-network", "--as-pid2", "/bin/sh", "-c", script], log=log, timeout=600)
+                            "--private-network", "--as-pid2", "/bin/sh", "-c", script], log=log, timeout=600)
     return cache / f"image-{recipe_hash()}" / "root"
 
 

@@ -25,6 +25,8 @@ import yaml
 from seafbackup_agent.config import load_seafile_conf
 from seafbackup_agent.objectstore.backend_conf import render_sections
 from seafbackup_lab.lab import render_inventory
+from seafbackup_lab.mariadb import log_tails
+from seafbackup_lab.services import UnitService
 from seafbackup_lab.writer import Put, SeafileServer
 from tests import backup_storage
 from tests.helpers import wait_for
@@ -71,10 +73,8 @@ def _agents_story(lab, log_lines: int = 60) -> str:
     parts = []
     for name, host in lab.hosts.items():
         status = _agent_cmd(host, "status", "--json")
-        log = host.root / "var/log/seafbackup-agent.log"
-        tail = log.read_text(errors="replace").splitlines()[-log_lines:] if log.exists() else ["(no log)"]
-        parts.append(f"== {name}: status exit {status.returncode}\n{status.stdout[-4000:]}{status.stderr[-1000:]}"
-                     f"\n== {name}: {log}\n" + "\n".join(tail))
+        parts.append(f"== {name}: status exit {status.returncode}\n{status.stdout[-4000:]}{status.stderr[-1000:]}\n"
+                     + log_tails([UnitService("seafbackup-agent", host.root).log_file], lines=log_lines))
     return "\n".join(parts)
 
 

@@ -21,6 +21,7 @@ from seafbackup_lab.lab import LAB_REPLICATION_PASSWORD, PRIMARY_AGENT_PRIVILEGE
 from seafbackup_lab.services import UnitService
 from seafbackup_lab.sshd import LabSSH
 from seafbackup_lab.writer import SeafileServer
+from tests.helpers import wait_for
 from tests.playbooks import query, replica_status, run_module, run_playbook, snapshot
 
 # A whole setup_backup.yml run, agents installed, is one step of these tests: minutes on a loaded machine.
@@ -43,15 +44,6 @@ def _seafile_conf(lab, host):
 
 def _backup_section(text):
     return dict(re.findall(r"^(\w+) = (.*)$", text.split("[backup]", 1)[1], re.M)) if "[backup]" in text else {}
-
-
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _assert_no_secrets(run, lab, state):
@@ -139,8 +131,9 @@ def test_the_agents_account_can_read_the_binlog_on_the_primary_only(seeded):
     assert "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.*" in grants("primary")
     assert "REPLICATION SLAVE" not in grants("backup")  # granted with sql_log_bin=0: not replicated
     # The primary's agent (started by the playbook) is reading the binlog.
-    assert _wait_for(lambda: query(seeded, "primary", "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST "
-                                   "WHERE USER = 'seafile' AND COMMAND = 'Binlog Dump'") == [{"n": 1}])
+    wait_for(lambda: query(seeded, "primary", "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST "
+                           "WHERE USER = 'seafile' AND COMMAND = 'Binlog Dump'") == [{"n": 1}],
+             timeout=20, interval=0.1)
     assert "Falling back to polling" not in (seeded.primary.root / "var/log/seafbackup-agent.log").read_text()
 
 
@@ -257,8 +250,8 @@ def _a_new_library_reaches_the_backup(lab, name: str) -> str:
     with SeafileServer(host.seafile_conf_dir, host.seafile_data_dir) as server:
         repo = server.create_library(name, "alice@example.com")
         head = server.put_files(repo, {"a.txt": f"written: {name}".encode()})
-    assert _wait_for(lambda: query(lab, "backup", "SELECT commit_id FROM seafile_db.Branch WHERE repo_id=%s",
-                                   (repo,)) == [{"commit_id": head}])
+    wait_for(lambda: query(lab, "backup", "SELECT commit_id FROM seafile_db.Branch WHERE repo_id=%s",
+                           (repo,)) == [{"commit_id": head}], timeout=20, interval=0.1)
     return repo
 
 
@@ -309,8 +302,8 @@ def test_seafbackup_status_reports_freshness_and_a_stalled_replication_lag(seede
     assert rc != 0 and "replication lags" in result["msg"], result
     assert result["replication"]["io_running"] == "Yes" and result["replication"]["seconds_behind"] == 0
     assert result["replication"]["heartbeat_lag_seconds"] > 5
-    assert _wait_for(lambda: run_module(_inventory(seeded), "backup", "seafbackup_status",
-                                        {**args, "max_lag_seconds": 5})[0] == 0, timeout=30)
+    wait_for(lambda: run_module(_inventory(seeded), "backup", "seafbackup_status",
+                                {**args, "max_lag_seconds": 5})[0] == 0, timeout=30, interval=0.1)
 
 
 def test_a_limited_run_says_the_pair_goes_together(seeded, state):
@@ -330,7 +323,7 @@ def _restore_primary(lab):
     query(lab, "backup", "STOP SLAVE")
     query(lab, "backup", "CHANGE MASTER TO MASTER_HOST=%s", (lab.primary.address,))
     query(lab, "backup", "START SLAVE")
-    assert _wait_for(lambda: replica_status(lab)["Slave_IO_Running"] == "Yes")
+    wait_for(lambda: replica_status(lab)["Slave_IO_Running"] == "Yes", timeout=20, interval=0.1)
 
 
 @pytest.mark.parametrize(
