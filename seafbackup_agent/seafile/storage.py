@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from seafbackup_agent.seafile.direct_io import write_new_file
 from seafbackup_agent.seafile.filesystems import storage_error
 from seafbackup_agent.seafile.ids import is_object_file_name
 from seafbackup_agent.seafile.staging import StagingArea, staging_area, staging_base
@@ -261,10 +262,10 @@ class WriteBatch:
         tmp = self.store.staging(obj_type).temporary_path(obj_id)
         try:
             try:
-                _write_file(tmp, data, fsync=False)
+                write_new_file(tmp, data, fsync=False)
             except FileNotFoundError:  # the staging directory was removed under us
                 tmp = self.store.staging(obj_type, check=True).temporary_path(obj_id)
-                _write_file(tmp, data, fsync=False)
+                write_new_file(tmp, data, fsync=False)
         except OSError as exc:
             raise storage_error(exc, tmp, "writing") from exc
         return tmp
@@ -313,28 +314,11 @@ def _write_temporary(final: str, data: bytes, *, fsync: bool) -> str:
     directory, name = final.rsplit("/", 1)
     tmp = f"{directory}/.{name}.{secrets.token_hex(4)}.tmp"
     try:
-        _write_file(tmp, data, fsync=fsync)
+        write_new_file(tmp, data, fsync=fsync)
     except FileNotFoundError:
         os.makedirs(directory, exist_ok=True)
-        _write_file(tmp, data, fsync=fsync)
+        write_new_file(tmp, data, fsync=fsync)
     return tmp
-
-
-def _write_file(path: str, data: bytes, *, fsync: bool) -> None:
-    """`data` in a new file at `path`; nothing is left there if that fails."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
 
 
 def _fsync_directory(directory: str) -> None:
