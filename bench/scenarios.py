@@ -72,7 +72,7 @@ FULL = Plan(
                 (100, 3, 8 * MiB)),
     initial_files=100_000,
     initial_file_size=20 * 1024,
-    initial_rounds=2,
+    initial_rounds=3,
     incremental_objects=(10_000, 100_000, 1_000_000),
     poll_libraries=(1000, 10_000, 100_000),
     idle_seconds=30,
