@@ -3,7 +3,7 @@
 A backup host writes blocks it will not read again soon: through the page cache, each one first takes fresh
 pages of memory (the kernel's copy into them was the largest cost of a first sync: bench/findings.md), stays
 dirty until a `syncfs` writes it back, and pushes out of the cache what Seafile on that host does read. Written
-with `O_DIRECT`, the data goes from one reused, aligned buffer of this thread to the disk. The durability rules
+with `O_DIRECT`, the data goes from a reused, aligned buffer to the disk. The durability rules
 do not change: a direct write may sit in the disk's volatile cache until a flush, and the write batch's `syncfs`
 (which flushes that cache and commits the file's metadata) comes before any rename, as for buffered data.
 
@@ -20,18 +20,21 @@ import fcntl
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 
 DIRECT_MIN_BYTES = 256 << 10
 """Smaller objects go through the page cache: a direct write waits for the disk, which costs small files more
 than the copy it saves (4 KiB files: 21 against 92 MB/s measured here)."""
 ALIGNMENT = 4096
 CHUNK_BYTES = 2 << 20
-"""The aligned buffer each writing thread keeps (an object is written in pieces of this size)."""
+"""The size of an aligned buffer (an object is written in pieces of this size). Buffers are kept for reuse, one
+for each direct write that ran at the same time as others: a few, not one per thread of the pool."""
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _refused: set[str] = set()
 """Directories whose filesystem refused `O_DIRECT`."""
-_local = threading.local()
+_spare_buffers: list[mmap.mmap] = []
+_spare_lock = threading.Lock()
 
 
 def write_new_file(path: str, data: bytes | memoryview, *, fsync: bool) -> None:
@@ -72,17 +75,17 @@ def _open_direct(path: str, directory: str) -> int | None:
 def _write_direct(fd: int, view: memoryview, directory: str) -> int:
     """Writes the aligned part of `view` with `O_DIRECT`, then clears the flag on `fd`; returns how far it got
     (the caller writes the rest through the page cache)."""
-    buffer = _buffer()
     aligned = len(view) - len(view) % ALIGNMENT
     offset = 0
     try:
-        while offset < aligned:
-            size = min(CHUNK_BYTES, aligned - offset)
-            buffer[:size] = view[offset:offset + size]
-            written = os.write(fd, memoryview(buffer)[:size])
-            offset += written
-            if written < size:
-                break  # a short write leaves an unaligned offset: the rest goes the usual way
+        with _aligned_buffer() as buffer:
+            while offset < aligned:
+                size = min(CHUNK_BYTES, aligned - offset)
+                buffer[:size] = view[offset:offset + size]
+                written = os.write(fd, memoryview(buffer)[:size])
+                offset += written
+                if written < size:
+                    break  # a short write leaves an unaligned offset: the rest goes the usual way
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
@@ -91,9 +94,15 @@ def _write_direct(fd: int, view: memoryview, directory: str) -> int:
     return offset
 
 
-def _buffer() -> mmap.mmap:
-    """This thread's aligned buffer (an anonymous mapping starts on a page boundary)."""
-    buffer = getattr(_local, "buffer", None)
+@contextlib.contextmanager
+def _aligned_buffer() -> Iterator[mmap.mmap]:
+    """A spare buffer, or a new one (an anonymous mapping starts on a page boundary); kept for reuse after."""
+    with _spare_lock:
+        buffer = _spare_buffers.pop() if _spare_buffers else None
     if buffer is None:
-        buffer = _local.buffer = mmap.mmap(-1, CHUNK_BYTES)
-    return buffer
+        buffer = mmap.mmap(-1, CHUNK_BYTES)
+    try:
+        yield buffer
+    finally:
+        with _spare_lock:
+            _spare_buffers.append(buffer)

@@ -7,6 +7,7 @@ import errno
 import os
 import secrets
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,16 @@ def test_a_failed_write_leaves_no_file(disk_dir, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         write_new_file(str(disk_dir / "object"), secrets.token_bytes(3 * CHUNK_BYTES), fsync=False)
     assert list(disk_dir.iterdir()) == []
+
+
+def test_threads_that_write_one_after_the_other_share_one_buffer(disk_dir, monkeypatch):
+    """The agent's pool has 32 threads: a buffer for each would be 64 MiB kept for nothing."""
+    monkeypatch.setattr(direct_io, "_spare_buffers", [])
+    data = secrets.token_bytes(CHUNK_BYTES + 1)
+    for i in range(8):
+        writer = threading.Thread(target=write_new_file, args=(str(disk_dir / f"object{i}"), data),
+                                  kwargs={"fsync": False})
+        writer.start()
+        writer.join()
+    assert len(direct_io._spare_buffers) == 1
+    assert all((disk_dir / f"object{i}").read_bytes() == data for i in range(8))
