@@ -24,9 +24,9 @@ from seafbackup_agent.seafile.library import HeadMove, PublishConflict, publish_
 from seafbackup_agent.seafile.storage import ObjectBatch, ObjType, seal_together
 
 WINDOW_SECONDS = 0.02
-"""How long a group waits for more syncs after the first. At 100 head moves/s the backup agent's CPU per head move
-was 11-16 % lower with 20 ms than with 2 ms (six alternated runs, bench/findings.md); a head move waits up to this
-much longer, against an RPO target of a second."""
+"""How long a group waits for more syncs after the first. At 50 and 100 head moves/s the backup agent's CPU per head
+move was 11-16 % lower with 20 ms than with 2 ms (three alternated pairs of runs, bench/findings.md); a head move
+waits up to this much longer, against an RPO target of a second."""
 
 
 @dataclass(slots=True, eq=False)
